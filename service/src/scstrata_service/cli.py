@@ -1,0 +1,99 @@
+"""`scstrata` command line: serve models, fabricate a demo checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from scstrata_service.registry import MODELS_ENV, ModelSpec, specs_to_env
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        specs = [ModelSpec.parse(text) for text in args.model]
+    except ValueError as err:
+        print(f"scstrata serve: {err}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    env[MODELS_ENV] = specs_to_env(specs)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    for flag, var in (
+        ("max_tokens", "SCSTRATA_MAX_TOKENS"),
+        ("device", "SCSTRATA_DEVICE"),
+        ("max_cells", "SCSTRATA_MAX_CELLS"),
+        ("attention", "SCSTRATA_ATTENTION"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            env[var] = str(value)
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "scstrata_service.service:Embedder",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    # exec: this process becomes the server, so it returns only when the server stops and
+    # signals (Ctrl-C, SIGTERM) reach BentoML directly.
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def _fabricate(args: argparse.Namespace) -> int:
+    from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+
+    path = fabricate_checkpoint(
+        Path(args.out), hidden=args.hidden, depth=args.depth, heads=args.heads, seed=args.seed
+    )
+    print(f"wrote {path} (RANDOM DEMO WEIGHTS in scFoundation's official layout)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scstrata", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve models over HTTP (returns when the server stops)")
+    serve.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=FAMILY:PATH",
+        help="a model to serve; PATH is the checkpoint file or its folder (repeatable)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--device", help="torch device (default: CUDA when available, else CPU)")
+    serve.add_argument(
+        "--max-tokens", type=int, help="tokens per forward pass (default: by device)"
+    )
+    serve.add_argument("--max-cells", type=int, help="cells per request (default 20000)")
+    serve.add_argument(
+        "--attention",
+        choices=["nested", "per_cell"],
+        help="packed attention kernel (default: nested on CUDA, per_cell on CPU)",
+    )
+    serve.set_defaults(run=_serve)
+
+    fab = sub.add_parser(
+        "fabricate", help="write a small scFoundation-layout checkpoint with RANDOM demo weights"
+    )
+    fab.add_argument("--out", required=True, help="folder for models.ckpt and the gene list")
+    fab.add_argument("--hidden", type=int, default=64)
+    fab.add_argument("--depth", type=int, default=6)
+    fab.add_argument("--heads", type=int, default=4)
+    fab.add_argument("--seed", type=int, default=0)
+    fab.set_defaults(run=_fabricate)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""scFoundation (xTrimoGene, BioMap): the official `models.ckpt` layout, served per layer."""

@@ -1,0 +1,176 @@
+"""Packed variable-length batches: token-budget planning, packed attention, segment pooling.
+
+A cell is a variable-length token sequence. Instead of padding cells to a common length we
+concatenate their tokens ("packing") and restrict attention to each cell's own tokens, so
+no compute or memory goes to padding (serving-notes.md: padding wastes most of a GPU).
+Linear layers and norms run on the flat ``[tokens, dim]`` tensor; only attention needs the
+cell boundaries (``offsets``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scstrata_service.backend import PooledLayers, TokenizedCells
+
+log = logging.getLogger(__name__)
+
+ATTENTION_IMPLS = ("per_cell", "nested")
+
+
+class AcceleratorOutOfMemory(RuntimeError):
+    """Even a single cell does not fit on the accelerator."""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present (BentoML may set CUDA_VISIBLE_DEVICES on any host: decide in code)."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_attention(device: torch.device) -> str:
+    # Jagged nested tensors reach the flash kernel on CUDA; on CPU a loop of per-cell SDPA
+    # calls was faster in bench/packing.py (see bench/RESULTS.md).
+    return "nested" if device.type == "cuda" else "per_cell"
+
+
+def default_max_tokens(device: torch.device, hidden_size: int) -> int:
+    """Tokens per forward pass: from free accelerator memory on CUDA, a fixed size on CPU."""
+    if device.type != "cuda":
+        return 32_768
+    free, _total = torch.cuda.mem_get_info(device)
+    # Per token, a block keeps roughly 16 hidden-sized bf16 activations alive at its peak
+    # (qkv, attention output, 4x FFN, residuals); keep half the free memory in reserve.
+    per_token = 16 * hidden_size * 2
+    return int(max(4_096, min(1 << 20, free * 0.5 // per_token)))
+
+
+def plan_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Group cells, longest first, into batches of at most ``max_tokens`` tokens.
+
+    A cell longer than the budget gets a batch of its own. Sorting by length keeps cells of
+    similar cost together, which matters for the padded fallback and for load balance.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start, tokens = 0, 0
+    for pos, cell in enumerate(order):
+        n = int(lengths[cell])
+        if pos > start and tokens + n > max_tokens:
+            batches.append(order[start:pos])
+            start, tokens = pos, 0
+        tokens += n
+    if len(order) > start:
+        batches.append(order[start:])
+    return batches
+
+
+ForwardFn = Callable[[TokenizedCells], PooledLayers]
+
+
+def embed_in_batches(cells: TokenizedCells, max_tokens: int, forward: ForwardFn) -> PooledLayers:
+    """Run ``forward`` over token-budget batches and put the pooled rows back in cell order."""
+    results: PooledLayers = {}
+    for batch in plan_batches(cells.lengths, max_tokens):
+        pooled = _forward_splitting_on_oom(cells, batch, forward)
+        for pooling, per_layer in pooled.items():
+            out = results.setdefault(pooling, {})
+            for layer, rows in per_layer.items():
+                if layer not in out:
+                    out[layer] = np.empty((cells.n_cells, rows.shape[1]), dtype=np.float32)
+                out[layer][batch] = rows
+    return results
+
+
+def _forward_splitting_on_oom(
+    cells: TokenizedCells, batch: np.ndarray, forward: ForwardFn
+) -> PooledLayers:
+    try:
+        return forward(cells.select(batch))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        if len(batch) == 1:
+            raise AcceleratorOutOfMemory(
+                f"one cell of {int(cells.lengths[batch[0]])} tokens does not fit in "
+                "accelerator memory; retry later or lower the service's max tokens per pass"
+            ) from None
+        log.warning("out of memory on %d cells; splitting the batch and retrying", len(batch))
+        half = len(batch) // 2
+        first = _forward_splitting_on_oom(cells, batch[:half], forward)
+        second = _forward_splitting_on_oom(cells, batch[half:], forward)
+        return {
+            p: {k: np.concatenate([first[p][k], second[p][k]]) for k in first[p]} for p in first
+        }
+
+
+@dataclass
+class PackedLayout:
+    """Cell boundaries of one packed batch, on the device, plus derived index vectors."""
+
+    offsets: torch.Tensor  # [n_cells + 1] int64
+    bounds: list[int]  # the same offsets as Python ints, for per-cell loops
+
+    @classmethod
+    def from_offsets(cls, offsets: np.ndarray, device: torch.device) -> PackedLayout:
+        return cls(torch.as_tensor(offsets, device=device), [int(o) for o in offsets])
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.bounds) - 1
+
+
+def packed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, impl: str
+) -> torch.Tensor:
+    """Softmax attention of ``[tokens, heads, head_dim]`` inputs, each cell on its own tokens."""
+    if impl == "nested":
+
+        def nest(t: torch.Tensor) -> torch.Tensor:
+            # contiguous first: SDPA rejects strided jagged views (serving-notes.md)
+            nested = torch.nested.nested_tensor_from_jagged(t.contiguous(), layout.offsets)
+            return nested.transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(nest(q), nest(k), nest(v))
+        return out.transpose(1, 2).values()
+    if impl == "per_cell":
+        out = torch.empty_like(q)
+        for s, e in zip(layout.bounds[:-1], layout.bounds[1:]):
+            out[s:e] = F.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
+            ).transpose(0, 1)
+        return out
+    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Mean of the rows of ``x`` per segment id (every segment must have a row)."""
+    total = torch.zeros(n_segments, x.shape[1], dtype=torch.float32, device=x.device)
+    total.index_add_(0, segment, x.float())
+    count = torch.bincount(segment, minlength=n_segments).clamp_min(1)
+    return total / count.unsqueeze(1)
+
+
+def segment_max(x: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Max of the rows of ``x`` per segment id (every segment must have a row)."""
+    out = torch.full((n_segments, x.shape[1]), -torch.inf, dtype=torch.float32, device=x.device)
+    index = segment.unsqueeze(1).expand(-1, x.shape[1])
+    return out.scatter_reduce_(0, index, x.float(), reduce="amax", include_self=True)
+
+
+def gather_rows(pooled: dict[str, dict[int, torch.Tensor]]) -> PooledLayers:
+    """Move pooled vectors (the only thing that leaves the device) to host float32 arrays."""
+    return {
+        p: {k: t.detach().float().cpu().numpy() for k, t in per_layer.items()}
+        for p, per_layer in pooled.items()
+    }
+
+
+def unique_sorted(values: Sequence[int]) -> list[int]:
+    return sorted(set(values))

@@ -1,0 +1,98 @@
+"""Which models this server serves: ``NAME=FAMILY:PATH`` specs, loaded once at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from scstrata_service.backend import ModelBackend, ModelCard
+from scstrata_service.families import FAMILIES
+
+MODELS_ENV = "SCSTRATA_MODELS"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    path: str
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``NAME=FAMILY:PATH`` (PATH = the checkpoint file or its folder)."""
+        name, sep, rest = text.partition("=")
+        family, sep2, path = rest.partition(":")
+        if not (sep and sep2 and name and family and path):
+            raise ValueError(
+                f"--model {text!r}: expected NAME=FAMILY:PATH, e.g. scf=scfoundation:/models/scf"
+            )
+        if family not in FAMILIES:
+            raise ValueError(
+                f"--model {text!r}: unknown family {family!r}; known: {sorted(FAMILIES)}"
+            )
+        if not Path(path).exists():
+            raise ValueError(f"--model {text!r}: {path} does not exist")
+        return cls(name=name, family=family, path=path)
+
+
+class Registry:
+    """Loaded backends by model name."""
+
+    def __init__(self, backends: dict[str, ModelBackend]):
+        self.backends = backends
+
+    @classmethod
+    def load(cls, specs: list[ModelSpec], **settings: object) -> Registry:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return cls(
+            {
+                s.name: FAMILIES[s.family](s.name, Path(s.path), **{**settings, **s.settings})
+                for s in specs
+            }
+        )
+
+    def get(self, name: str) -> ModelBackend:
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise KeyError(
+                f"model: unknown model {name!r}; this server serves {sorted(self.backends)}"
+            ) from None
+
+    def cards(self) -> list[ModelCard]:
+        return [b.card for b in self.backends.values()]
+
+
+def specs_to_env(specs: list[ModelSpec]) -> str:
+    return json.dumps([asdict(s) for s in specs])
+
+
+def specs_from_env() -> list[ModelSpec]:
+    raw = os.environ.get(MODELS_ENV)
+    if not raw:
+        raise RuntimeError(
+            f"no models configured: start with `scstrata serve --model NAME=FAMILY:PATH` "
+            f"(or set {MODELS_ENV})"
+        )
+    return [ModelSpec(**entry) for entry in json.loads(raw)]
+
+
+# The registry of this worker process. Request validation (pydantic, per request, before
+# adaptive batching) needs the model cards, and runs outside the service instance.
+_active: Registry | None = None
+
+
+def set_active(registry: Registry) -> None:
+    global _active
+    _active = registry
+
+
+def active() -> Registry:
+    if _active is None:
+        raise RuntimeError("no models loaded in this worker yet")
+    return _active
