@@ -8,7 +8,7 @@ import re
 import httpx
 import numpy as np
 
-from conftest import embed_item, make_cells
+from helpers import embed_item, make_cells
 
 N_REQUESTS = 512
 

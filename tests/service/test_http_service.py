@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import embed_item, make_cells
+from helpers import embed_item, make_cells
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -12,7 +12,7 @@ import torch
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 from scstrata_service.families.scfoundation.checkpoint import CheckpointError, load_checkpoint
 
-from conftest import make_cells
+from helpers import make_cells
 from reference_scfoundation import ScFoundationReference
 
 POOLINGS = ["official", "S", "T", "max", "mean"]

@@ -1,4 +1,4 @@
-"""Start the real service (`scstrata serve`) on a free loopback port for tests."""
+"""Run `scstrata serve` in the background until it is ready (tests, demo, benchmarks)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_service(
-    models: list[str], env: dict | None = None, timeout: float = 120.0
+    models: list[str], env: dict | None = None, timeout: float = 300.0, port: int | None = None
 ) -> Iterator[str]:
-    """Yield the base URL of a ready server; stop its whole process group afterwards."""
-    port = free_port()
+    """Yield the base URL of a ready server; stop its whole process group afterwards.
+
+    ``models`` are ``NAME=FAMILY:PATH`` specs. The server's log is kept in a temporary
+    BentoML home and shown if the server fails to start.
+    """
+    port = port or free_port()
     home = tempfile.mkdtemp(prefix="bentoml-home-")
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": home, **(env or {})}
     log = Path(home) / "server.log"

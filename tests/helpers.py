@@ -1,0 +1,32 @@
+"""Test data builders shared by the service, client and end-to-end tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def make_cells(vocabulary: list[str], n_cells: int = 12, n_genes: int = 400, seed: int = 0):
+    """Raw counts over a shuffled vocabulary subset plus two unknown genes; uneven depths."""
+    rng = np.random.default_rng(seed)
+    genes = list(rng.choice(vocabulary, n_genes, replace=False)) + ["NOT_A_GENE", "ALSO_NOT"]
+    density = rng.uniform(0.05, 0.5, size=(n_cells, 1))
+    dense = rng.poisson(3.0, (n_cells, len(genes))) * (rng.random((n_cells, len(genes))) < density)
+    dense[:, 0] += 2  # every cell has a known gene and a total above 1 (S token > 0)
+    return sp.csr_matrix(dense.astype(np.float64)), genes
+
+
+def embed_item(counts, genes, **fields) -> dict:
+    """A request item exactly as docs/api.md describes it."""
+    counts = sp.csr_matrix(counts)
+    return {
+        "model": "scf",
+        "genes": list(genes),
+        "cells": {
+            "data": counts.data.tolist(),
+            "indices": counts.indices.tolist(),
+            "indptr": counts.indptr.tolist(),
+            "shape": list(counts.shape),
+        },
+        **fields,
+    }
