@@ -10,7 +10,7 @@ cell boundaries (``offsets``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,15 +36,16 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def default_attention(device: torch.device) -> str:
-    # Jagged nested tensors reach the flash kernel on CUDA; on CPU a loop of per-cell SDPA
-    # calls was faster in bench/packing.py (see bench/RESULTS.md).
+    # Jagged nested tensors reach the flash kernel on CUDA (serving-notes.md); on CPU their
+    # SDPA was ~70x slower than a loop of per-cell SDPA calls (bench/RESULTS.md).
     return "nested" if device.type == "cuda" else "per_cell"
 
 
 def default_max_tokens(device: torch.device, hidden_size: int) -> int:
     """Tokens per forward pass: from free accelerator memory on CUDA, a fixed size on CPU."""
     if device.type != "cuda":
-        return 32_768
+        # small passes stay in CPU cache: 4k tokens beat 32k by ~30% in bench/gpu.py
+        return 4_096
     free, _total = torch.cuda.mem_get_info(device)
     # Per token, a block keeps roughly 16 hidden-sized bf16 activations alive at its peak
     # (qkv, attention output, 4x FFN, residuals); keep half the free memory in reserve.
@@ -142,9 +143,10 @@ def packed_attention(
     if impl == "per_cell":
         out = torch.empty_like(q)
         for s, e in zip(layout.bounds[:-1], layout.bounds[1:]):
-            out[s:e] = F.scaled_dot_product_attention(
-                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
-            ).transpose(0, 1)
+            # [1, heads, n, head_dim], contiguous: strided inputs fall off SDPA's fused CPU
+            # kernel (2.5x slower in bench/RESULTS.md)
+            qc, kc, vc = (t[s:e].transpose(0, 1).contiguous()[None] for t in (q, k, v))
+            out[s:e] = F.scaled_dot_product_attention(qc, kc, vc)[0].transpose(0, 1)
         return out
     raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
 
@@ -170,7 +172,3 @@ def gather_rows(pooled: dict[str, dict[int, torch.Tensor]]) -> PooledLayers:
         p: {k: t.detach().float().cpu().numpy() for k, t in per_layer.items()}
         for p, per_layer in pooled.items()
     }
-
-
-def unique_sorted(values: Sequence[int]) -> list[int]:
-    return sorted(set(values))

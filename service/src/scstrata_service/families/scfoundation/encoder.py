@@ -90,7 +90,9 @@ class ScFoundationEncoder(nn.Module):
         """Layer 0: value embedding + gene position embedding (kept in fp32)."""
         return self.token_emb(values) + self.pos_emb(positions)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: jagged nested tensors cannot be built from inference
+    # tensors ("Cannot set version_counter for inference tensor").
+    @torch.no_grad()
     def forward_pooled(
         self,
         values: torch.Tensor,

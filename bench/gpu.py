@@ -1,0 +1,205 @@
+"""GPU fast-path benchmark (issue: packed variable-length encoder). Prints one JSON object.
+
+On a CUDA host it uses scFoundation's released size (768 dim, 12 blocks, 12 heads, random
+weights) and 512 cells whose expressed-gene counts are log-normal with median 2,000 clipped
+to [200, 6000]; on CPU a reduced size with the same fields. It measures, in one run:
+- the dense matmul peak (bf16 on CUDA, fp32 on CPU),
+- the service backend in-process on packed cells: cells/s and share of that peak,
+- the same cells through the HTTP service on loopback (concurrent client chunks),
+- length-sorted padded batches (masked SDPA) with their padding share,
+- the official-style per-cell fp32 path (one cell at a time, torch's encoder layer).
+
+    python bench/gpu.py            # sizes chosen by device
+    python bench/gpu.py --cells 64 --hidden 128 --depth 4 --heads 4   # any size
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, flops_per_cell, matmul_peak_tflops, synthetic_cells
+
+from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+from scstrata_service.packing import pick_device, plan_batches
+
+GPU_SIZE = dict(cells=512, median=2000, low=200, high=6000, hidden=768, depth=12, heads=12)
+CPU_SIZE = dict(cells=96, median=300, low=40, high=900, hidden=128, depth=4, heads=4)
+
+
+def padded_pass(backend: ScFoundationBackend, cells, max_tokens: int) -> tuple[float, float]:
+    """Embed with length-sorted *padded* batches; return (seconds, padding share)."""
+    enc, device, dtype = backend.encoder, backend.device, backend.compute_dtype
+    lengths = cells.lengths
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):  # longest first: a batch costs len * its first length
+        if end == len(order) or (end + 1 - start) * lengths[order[start]] > max_tokens:
+            batches.append(order[start:end])
+            start = end
+    padded_slots = sum(len(b) * int(lengths[b[0]]) for b in batches)
+
+    def run() -> None:
+        for batch in batches:
+            n = int(lengths[batch[0]])
+            values = torch.zeros(len(batch), n)
+            positions = torch.full((len(batch), n), enc.config.seq_len, dtype=torch.long)
+            keep = torch.zeros(len(batch), n, dtype=torch.bool)
+            for row, cell in enumerate(batch):
+                s, e = cells.offsets[cell], cells.offsets[cell + 1]
+                values[row, : e - s] = torch.from_numpy(cells.values[s:e])
+                positions[row, : e - s] = torch.from_numpy(cells.positions[s:e])
+                keep[row, : e - s] = True
+            values, positions, keep = values.to(device), positions.to(device), keep.to(device)
+            with torch.inference_mode():
+                x = enc.embed_inputs(values, positions).to(dtype)
+                mask = keep[:, None, None, :]
+                for block in enc.encoder.transformer_encoder:
+                    x = _padded_block(block, x, mask)
+                enc.encoder.norm(x)[torch.arange(len(batch)), keep.sum(1) - 1].float().cpu()
+
+    seconds = best_time(run, device, repeat=2)
+    return seconds, 1 - lengths.sum() / padded_slots
+
+
+def _padded_block(block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    b, n, d = x.shape
+    attn = block.self_attn
+    h = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, n, 3, h, d // h)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
+    x = block.norm1(x + attn.out_proj(mixed))
+    return block.norm2(x + block.linear2(F.relu(block.linear1(x))))
+
+
+def per_cell_fp32(backend: ScFoundationBackend, cells, n: int) -> float:
+    """Cells/s of the official script's way: one cell at a time, fp32, torch's encoder layer."""
+    enc = copy.deepcopy(backend.encoder).float()
+    device = backend.device
+
+    def run() -> None:
+        with torch.no_grad():
+            for cell in range(n):
+                s, e = cells.offsets[cell], cells.offsets[cell + 1]
+                values = torch.from_numpy(cells.values[s:e])[None].to(device)
+                positions = torch.from_numpy(cells.positions[s:e])[None].to(device)
+                x = enc.embed_inputs(values, positions)
+                pad = torch.zeros(1, e - s, dtype=torch.bool, device=device)
+                for block in enc.encoder.transformer_encoder:
+                    x = block(x, src_key_padding_mask=pad)
+                enc.encoder.norm(x)[:, -1].cpu()
+
+    return n / best_time(run, device, repeat=1)
+
+
+def http_cells_per_s(checkpoint: Path, counts, genes, max_tokens: int, workers: int = 8) -> float:
+    from scstrata_client import Client
+    from scstrata_service.launcher import running_service
+
+    env = {"SCSTRATA_MAX_TOKENS": str(max_tokens)}
+    with running_service([f"bench=scfoundation:{checkpoint.parent}"], env=env) as url:
+        slices = np.array_split(np.arange(counts.shape[0]), workers)
+
+        def send(rows: np.ndarray) -> int:
+            with Client(url, chunk_size=len(rows), progress=False) as client:
+                out = client.embed(counts[rows], genes, model="bench", layers=-1, pooling="S")
+            return len(next(iter(out.values())))
+
+        with ThreadPoolExecutor(workers) as pool:  # warm-up round
+            list(pool.map(send, slices))
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            done = sum(pool.map(send, slices))
+        return done / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    device = pick_device(os.environ.get("SCSTRATA_DEVICE"))
+    size = dict(GPU_SIZE if device.type == "cuda" else CPU_SIZE)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for key, value in size.items():
+        parser.add_argument(f"--{key}", type=int, default=value)
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--baseline-cells", type=int, default=32)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    peak, peak_kind = matmul_peak_tflops(device)
+    folder = Path(tempfile.mkdtemp(prefix="scstrata-bench-"))
+    checkpoint = fabricate_checkpoint(
+        folder, hidden=args.hidden, depth=args.depth, heads=args.heads
+    )
+    backend = ScFoundationBackend.load("bench", checkpoint, max_tokens=args.max_tokens)
+    max_tokens = backend.max_tokens
+    counts, genes = synthetic_cells(
+        backend.tokenizer.vocabulary, args.cells, args.median, args.low, args.high
+    )
+    start = time.perf_counter()
+    cells = backend.tokenize(counts, genes, {})
+    tokenize_s = time.perf_counter() - start
+    flops = flops_per_cell(cells.lengths, args.hidden, args.depth).sum()
+
+    def rate(seconds: float) -> dict:
+        return {
+            "cells_per_s": round(args.cells / seconds, 2),
+            "tflops": round(flops / seconds / 1e12, 4),
+            "share_of_peak": round(flops / seconds / 1e12 / peak, 4),
+        }
+
+    packed_s = best_time(lambda: backend.embed(cells, [args.depth], ["official"]), device)
+    padded_s, padding_share = padded_pass(backend, cells, max_tokens)
+    n_base = min(args.baseline_cells, args.cells)
+    baseline = per_cell_fp32(backend, cells, n_base)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": {"hidden": args.hidden, "blocks": args.depth, "heads": args.heads},
+        "cells": args.cells,
+        "tokens_per_cell": {
+            "median": float(np.median(cells.lengths)),
+            "min": int(cells.lengths.min()),
+            "max": int(cells.lengths.max()),
+        },
+        "gflop_per_cell": round(flops / args.cells / 1e9, 3),
+        "peak_tflops": round(peak, 3),
+        "peak_kind": peak_kind,
+        "max_tokens_per_pass": max_tokens,
+        "forward_passes": len(plan_batches(cells.lengths, max_tokens)),
+        "attention": backend.attention,
+        "tokenize_cells_per_s": round(args.cells / tokenize_s, 1),
+        "packed_in_process": rate(packed_s),
+        "padded_length_sorted": {**rate(padded_s), "padding_share": round(padding_share, 4)},
+        "packed_padding_share": 0.0,
+        "official_per_cell_fp32": {"cells_per_s": round(baseline, 2), "cells_timed": n_base},
+        "packed_vs_padded": round(padded_s / packed_s, 3),
+        "packed_vs_per_cell_fp32": round(args.cells / packed_s / baseline, 2),
+    }
+    if not args.skip_http:
+        http = http_cells_per_s(checkpoint, counts, genes, max_tokens)
+        report["http_loopback"] = {
+            "cells_per_s": round(http, 2),
+            "share_of_peak": round(http / args.cells * flops / 1e12 / peak, 4),
+        }
+        report["http_vs_in_process"] = round(http / (args.cells / packed_s), 3)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
