@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,12 @@ def plan_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 
 ForwardFn = Callable[[TokenizedCells], PooledLayers]
 
+# Called after each forward pass with (cells, tokens, padded token slots); set by the service
+# to feed its metrics. A context variable keeps concurrent dispatches apart.
+pass_observer: ContextVar[Callable[[int, int, int], None] | None] = ContextVar(
+    "pass_observer", default=None
+)
+
 
 def embed_in_batches(cells: TokenizedCells, max_tokens: int, forward: ForwardFn) -> PooledLayers:
     """Run ``forward`` over token-budget batches and put the pooled rows back in cell order."""
@@ -94,7 +101,7 @@ def _forward_splitting_on_oom(
     cells: TokenizedCells, batch: np.ndarray, forward: ForwardFn
 ) -> PooledLayers:
     try:
-        return forward(cells.select(batch))
+        pooled = forward(cells.select(batch))
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -109,6 +116,11 @@ def _forward_splitting_on_oom(
         return {
             p: {k: np.concatenate([first[p][k], second[p][k]]) for k in first[p]} for p in first
         }
+    observer = pass_observer.get()
+    if observer is not None:
+        tokens = int(cells.lengths[batch].sum())
+        observer(len(batch), tokens, tokens)  # packed: every slot is a real token
+    return pooled
 
 
 @dataclass

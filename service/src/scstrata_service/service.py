@@ -7,19 +7,23 @@ batchable method or service fail under load). ``GET /models`` lists the model ca
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scstrata_service.engine import EmbedJob, run_jobs
+from scstrata_service.engine import EmbedJob, JobResult, run_jobs
+from scstrata_service.middleware import ScstrataMiddleware
 from scstrata_service.packing import AcceleratorOutOfMemory
 from scstrata_service.registry import Registry, active, set_active, specs_from_env
-from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult
+from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRows
 from scstrata_service.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,8 @@ class Embedder:
             EmbedJob(
                 backend=self.registry.get(item.model),
                 counts=item.counts,
-                genes=item.genes,
-                layers=item.resolved_layers,
-                pooling=item.pooling,
+                genes=item.gene_names,
+                outputs=item.outputs,
                 options=item.options,
             )
             for item in items
@@ -68,15 +71,49 @@ class Embedder:
             results = run_jobs(jobs)
         except AcceleratorOutOfMemory as err:
             raise ServiceUnavailable(str(err)) from None
-        return [
-            EmbedResult(
-                model=item.model,
-                pooling=item.pooling,
-                n_cells=item.counts.shape[0],
-                dim=self.registry.get(item.model).card.poolings[item.pooling],
-                layers={str(k): rows.tolist() for k, rows in result.layers.items()},
-                n_unmapped_genes=len(result.unmapped_genes),
-                unmapped_genes=result.unmapped_genes[:MAX_LISTED],
-            )
-            for item, result in zip(items, results)
-        ]
+        return [self._result(item, result) for item, result in zip(items, results)]
+
+    def _result(self, item: EmbedItem, result: JobResult) -> EmbedResult:
+        card = self.registry.get(item.model).card
+        main, *extra = result.outputs
+        common = dict(
+            model=item.model,
+            pooling=item.pooling,
+            n_cells=item.counts.shape[0],
+            dim=card.poolings[item.pooling],
+            n_unmapped_genes=len(result.unmapped_genes),
+            unmapped_genes=result.unmapped_genes[:MAX_LISTED],
+        )
+        if item.format == "npz":
+            return EmbedResult(**common, npz=encode_npz(result))
+        return EmbedResult(
+            **common,
+            layers=as_json_rows(main),
+            extra_outputs=[
+                LayerRows(pooling=pooling, dim=card.poolings[pooling], layers=as_json_rows(rows))
+                for (pooling, _), rows in zip(item.outputs[1:], extra)
+            ],
+        )
+
+
+def as_json_rows(layers: dict[int, np.ndarray]) -> dict[str, list[list[float]]]:
+    return {str(k): rows.tolist() for k, rows in layers.items()}
+
+
+def encode_npz(result: JobResult) -> str:
+    """All outputs as one base64 .npz (members named in docs/api.md)."""
+    arrays: dict[str, np.ndarray] = {}
+    main, *extra = result.outputs
+    arrays.update({f"layer_{k}": rows for k, rows in main.items()})
+    for i, layers in enumerate(extra):
+        arrays.update({f"extra{i}_layer_{k}": rows for k, rows in layers.items()})
+    arrays["unmapped_genes"] = np.array(result.unmapped_genes[:MAX_LISTED], dtype=str)
+    arrays["n_unmapped_genes"] = np.array(len(result.unmapped_genes), dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+Embedder.add_asgi_middleware(
+    ScstrataMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes
+)

@@ -4,32 +4,51 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _token() -> str | None:
+    if os.environ.get("SCSTRATA_TOKEN"):
+        return os.environ["SCSTRATA_TOKEN"]
+    path = os.environ.get("SCSTRATA_TOKEN_FILE")
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise ValueError(f"SCSTRATA_TOKEN_FILE {path} is empty")
+        return token
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     max_cells_per_request: int  # SCSTRATA_MAX_CELLS
     max_genes_per_request: int  # SCSTRATA_MAX_GENES
+    max_outputs_per_request: int  # SCSTRATA_MAX_OUTPUTS: (layers, pooling) sets per request
+    max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size
     max_batch_items: int  # SCSTRATA_MAX_BATCH_ITEMS: requests merged into one dispatch
     max_latency_ms: int  # SCSTRATA_MAX_LATENCY_MS: BentoML sheds load (503) above this
     max_tokens: int | None  # SCSTRATA_MAX_TOKENS: tokens per forward pass (default: by device)
     device: str | None  # SCSTRATA_DEVICE: e.g. "cpu", "cuda:0" (default: CUDA when present)
     attention: str | None  # SCSTRATA_ATTENTION: "nested" | "per_cell" (default: by device)
+    token: str | None  # SCSTRATA_TOKEN or the file SCSTRATA_TOKEN_FILE: bearer auth when set
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
             max_cells_per_request=_int("SCSTRATA_MAX_CELLS", 20_000),
             max_genes_per_request=_int("SCSTRATA_MAX_GENES", 100_000),
+            max_outputs_per_request=_int("SCSTRATA_MAX_OUTPUTS", 8),
+            max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 512) * 1024 * 1024,
             max_batch_items=_int("SCSTRATA_MAX_BATCH_ITEMS", 64),
             max_latency_ms=_int("SCSTRATA_MAX_LATENCY_MS", 600_000),
             max_tokens=_int("SCSTRATA_MAX_TOKENS", 0) or None,
             device=os.environ.get("SCSTRATA_DEVICE") or None,
             attention=os.environ.get("SCSTRATA_ATTENTION") or None,
+            token=_token(),
         )
 
     def backend_settings(self) -> dict:
