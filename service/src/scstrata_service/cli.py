@@ -7,12 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from scstrata_service.registry import MODELS_ENV, ModelSpec, specs_to_env
+from scstrata_service.registry import MODELS_ENV, ModelSpec, load_config, specs_to_env
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        specs = [ModelSpec.parse(text) for text in args.model]
+        specs = load_config(Path(args.config)) if args.config else []
+        specs += [ModelSpec.parse(text) for text in args.model or []]
+        if not specs:
+            raise ValueError("name at least one model: --model NAME=FAMILY:PATH or --config")
     except ValueError as err:
         print(f"scstrata serve: {err}", file=sys.stderr)
         return 2
@@ -24,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("device", "SCSTRATA_DEVICE"),
         ("max_cells", "SCSTRATA_MAX_CELLS"),
         ("attention", "SCSTRATA_ATTENTION"),
+        ("token_file", "SCSTRATA_TOKEN_FILE"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -60,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve models over HTTP (returns when the server stops)")
+    serve.add_argument("--config", help="YAML model registry (README); adds to any --model")
     serve.add_argument(
         "--model",
         action="append",
-        required=True,
         metavar="NAME=FAMILY:PATH",
         help="a model to serve; PATH is the checkpoint file or its folder (repeatable)",
     )
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         "--attention",
         choices=["nested", "per_cell"],
         help="packed attention kernel (default: nested on CUDA, per_cell on CPU)",
+    )
+    serve.add_argument(
+        "--token-file",
+        help="require 'Authorization: Bearer <token in file>' (or set SCSTRATA_TOKEN)",
     )
     serve.set_defaults(run=_serve)
 

@@ -24,7 +24,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_service(
-    models: list[str], env: dict | None = None, timeout: float = 300.0, port: int | None = None
+    models: list[str],
+    env: dict | None = None,
+    timeout: float = 300.0,
+    port: int | None = None,
+    extra_args: list[str] | None = None,
 ) -> Iterator[str]:
     """Yield the base URL of a ready server; stop its whole process group afterwards.
 
@@ -47,6 +51,7 @@ def running_service(
     ]
     for model in models:
         command += ["--model", model]
+    command += extra_args or []
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

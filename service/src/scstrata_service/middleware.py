@@ -63,6 +63,20 @@ class ScstrataMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send_json(send, 413, {"error": self._too_large(int(declared))})
             return
+        media_type = headers.get("content-type", "application/json").split(";")[0].strip()
+        if scope["path"] == "/embed" and media_type.lower() != "application/json":
+            # BentoML would try multipart parsing and fail with a 500 on a malformed header
+            await _send_json(
+                send,
+                415,
+                {
+                    "error": (
+                        f"content-type: /embed takes application/json, not {media_type!r} "
+                        "(see docs/api.md; upload AnnData files as base64 in the 'h5ad' field)"
+                    )
+                },
+            )
+            return
         receive = self._counting(receive, send)
         if scope["path"] == "/embed" and NPZ_MEDIA_TYPE in headers.get("accept", ""):
             send = _NpzUnwrapper(send)

@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from scstrata_service.backend import ModelBackend, ModelCard
 from scstrata_service.families import FAMILIES
 
@@ -36,6 +38,35 @@ class ModelSpec:
         if not Path(path).exists():
             raise ValueError(f"--model {text!r}: {path} does not exist")
         return cls(name=name, family=family, path=path)
+
+
+def load_config(path: Path) -> list[ModelSpec]:
+    """Model specs from a YAML registry file::
+
+    models:
+      - name: scf
+        family: scfoundation
+        path: /models/scfoundation      # checkpoint file or folder
+        settings: {version: cell}       # optional, family loader keywords
+    """
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"--config {path}: cannot read it ({err})") from None
+    entries = config.get("models") if isinstance(config, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"--config {path}: expected a non-empty 'models:' list")
+    specs = []
+    for i, entry in enumerate(entries):
+        unknown = set(entry) - {"name", "family", "path", "settings"}
+        if unknown or not {"name", "family", "path"} <= set(entry):
+            raise ValueError(
+                f"--config {path}: models[{i}] needs name, family, path (and optional "
+                f"settings); got {sorted(entry)}"
+            )
+        spec = ModelSpec.parse(f"{entry['name']}={entry['family']}:{entry['path']}")
+        specs.append(ModelSpec(spec.name, spec.family, spec.path, dict(entry.get("settings", {}))))
+    return specs
 
 
 class Registry:

@@ -1,0 +1,40 @@
+# scstrata service on an NVIDIA GPU host.
+#   docker build -t scstrata .
+#   docker run --gpus all -p 3000:3000 -v /srv/models:/models:ro scstrata
+# /models/models.yaml names the checkpoints (README: "Deploying on a GPU host").
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    BENTOML_DO_NOT_TRACK=true \
+    BENTOML_HOME=/home/scstrata/bentoml \
+    PATH=/opt/venv/bin:$PATH
+
+# Distribution python; curl for the health check. Versions float with the base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv curl ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+# The CUDA build of the same torch release the Makefile pins for CPU (TORCH in Makefile),
+# and ONNX Runtime's GPU package (never beside plain onnxruntime: serving-notes.md).
+RUN pip install --index-url https://download.pytorch.org/whl/cu130 torch==2.13.0 \
+    && pip install onnxruntime-gpu==1.31.*
+
+WORKDIR /src
+COPY clients/ clients/
+COPY service/ service/
+# the same two packages `make install` installs (scoring stays on the analyst's side)
+RUN pip install ./clients ./service \
+    && useradd --create-home --uid 10001 scstrata
+USER 10001
+VOLUME ["/models"]
+EXPOSE 3000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["curl", "-fsS", "http://127.0.0.1:3000/readyz"]
+
+ENTRYPOINT ["scstrata", "serve", "--host", "0.0.0.0", "--port", "3000"]
+CMD ["--config", "/models/models.yaml"]
