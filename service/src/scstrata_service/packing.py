@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -84,24 +85,37 @@ pass_observer: ContextVar[Callable[[int, int, int], None] | None] = ContextVar(
 
 
 def embed_in_batches(cells: TokenizedCells, max_tokens: int, forward: ForwardFn) -> PooledLayers:
-    """Run ``forward`` over token-budget batches and put the pooled rows back in cell order."""
+    """Run ``forward`` over token-budget batches and put the pooled rows back in cell order.
+
+    The next batch is gathered on a helper thread while the current one runs, so the host-side
+    work overlaps the accelerator's (a prefetch queue of one).
+    """
     results: PooledLayers = {}
-    for batch in plan_batches(cells.lengths, max_tokens):
-        pooled = _forward_splitting_on_oom(cells, batch, forward)
-        for pooling, per_layer in pooled.items():
-            out = results.setdefault(pooling, {})
-            for layer, rows in per_layer.items():
-                if layer not in out:
-                    out[layer] = np.empty((cells.n_cells, rows.shape[1]), dtype=np.float32)
-                out[layer][batch] = rows
+    batches = plan_batches(cells.lengths, max_tokens)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scstrata-prefetch") as pool:
+        upcoming = pool.submit(cells.select, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            selected = upcoming.result()
+            if i + 1 < len(batches):
+                upcoming = pool.submit(cells.select, batches[i + 1])
+            pooled = _forward_splitting_on_oom(cells, batch, forward, selected)
+            for pooling, per_layer in pooled.items():
+                out = results.setdefault(pooling, {})
+                for layer, rows in per_layer.items():
+                    if layer not in out:
+                        out[layer] = np.empty((cells.n_cells, rows.shape[1]), dtype=np.float32)
+                    out[layer][batch] = rows
     return results
 
 
 def _forward_splitting_on_oom(
-    cells: TokenizedCells, batch: np.ndarray, forward: ForwardFn
+    cells: TokenizedCells,
+    batch: np.ndarray,
+    forward: ForwardFn,
+    selected: TokenizedCells | None = None,
 ) -> PooledLayers:
     try:
-        pooled = forward(cells.select(batch))
+        pooled = forward(selected if selected is not None else cells.select(batch))
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(batch) == 1:
