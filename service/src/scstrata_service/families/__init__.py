@@ -14,7 +14,21 @@ def _load_scfoundation(name: str, path: Path, **kwargs: object) -> ModelBackend:
     return ScFoundationBackend.load(name, path, **kwargs)
 
 
+def _load_geneformer(name: str, path: Path, **kwargs: object) -> ModelBackend:
+    from scstrata_service.families.geneformer.backend import GeneformerBackend
+
+    return GeneformerBackend.load(name, path, **kwargs)
+
+
+def _load_tahoe(name: str, path: Path, **kwargs: object) -> ModelBackend:
+    from scstrata_service.families.tahoe.backend import TahoeBackend
+
+    return TahoeBackend.load(name, path, **kwargs)
+
+
 # family name -> loader(name, checkpoint path, **settings)
 FAMILIES: dict[str, Callable[..., ModelBackend]] = {
     "scfoundation": _load_scfoundation,
+    "geneformer": _load_geneformer,
+    "tahoe": _load_tahoe,
 }

@@ -1,0 +1,172 @@
+"""Geneformer's rank-value encoding, vectorised over a CSR matrix (docs/models.md, Geneformer).
+
+Per cell, as the official ``TranscriptomeTokenizer`` (collapse_gene_ids on, its default):
+
+1. Map each column's Ensembl id, upper-cased, through the id mapping onto a dictionary gene;
+   columns that land on the same gene are summed. Other columns are reported as unmapped.
+2. ``v = x / n_counts * 10_000 / median`` with ``n_counts`` the cell's total over *all* the
+   columns sent (the official reads it from ``obs['n_counts']``, the total of the whole
+   transcriptome, not only of dictionary genes). ``n_counts`` is one factor per cell, so
+   it never changes the order of step 3.
+3. Order the genes with ``v > 0`` by ``v``, largest first. Ties (equal ``v``) go to the
+   lower token id first: deterministic and independent of the column order (the official
+   uses numpy's unstable ``argsort(-v)``, whose tie order is not defined).
+4. Keep the first ``input_size`` tokens (V1); V2: the first ``input_size - 2``, then
+   ``<cls>`` in front and ``<eos>`` at the end.
+
+Packed output: ``positions`` holds the token ids (the model's input ids), ``values`` the
+rank value ``v`` of each gene token (0 for ``<cls>``/``<eos>``; informational only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
+
+TARGET_SUM = 10_000.0
+MAX_LISTED = 20
+
+
+class GeneformerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    allow_non_integer: bool = Field(
+        default=False,
+        description=(
+            "false: cells must be raw counts (whole numbers); true: also accept depth-scaled "
+            "counts such as CP10k (not log-transformed: ranks would change)"
+        ),
+    )
+
+    @classmethod
+    def parse(cls, options: Mapping[str, object]) -> GeneformerOptions:
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
+            raise InputError(f"{problems} (Geneformer options: allow_non_integer)") from None
+
+
+def _listed(rows: np.ndarray) -> str:
+    return ", ".join(map(str, rows[:MAX_LISTED])) + (" …" if len(rows) > MAX_LISTED else "")
+
+
+class GeneformerTokenizer:
+    def __init__(self, dictionaries: GeneDictionaries, input_size: int):
+        self.dictionaries = dictionaries
+        self.version = dictionaries.version
+        self.input_size = input_size
+        self.cls_id, self.eos_id = dictionaries.cls_id, dictionaries.eos_id
+        self.special = self.cls_id is not None
+        # the gene budget of one cell: V2 keeps two places for <cls> and <eos>
+        self.max_genes = input_size - 2 if self.special else input_size
+        if self.max_genes < 1:
+            raise ValueError(f"input size {input_size} leaves no room for genes")
+        genes = sorted(dictionaries.gene_tokens, key=dictionaries.gene_tokens.__getitem__)
+        self.genes = genes  # dictionary genes in token-id order
+        self.gene_index = {gene: i for i, gene in enumerate(genes)}
+        self.token_ids = np.array([dictionaries.gene_tokens[g] for g in genes], dtype=np.int64)
+        self.medians = np.array([dictionaries.medians[g] for g in genes], dtype=np.float64)
+        self.mapping = dictionaries.mapping
+
+    def map_genes(self, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Dictionary gene index per input column (-1 = unmapped) and the unmapped names."""
+        columns = np.array(
+            [self.gene_index.get(self.mapping.get(str(g).upper(), ""), -1) for g in genes],
+            dtype=np.int64,
+        )
+        unmapped = [g for g, c in zip(genes, columns) if c < 0]
+        return columns, unmapped
+
+    def to_dictionary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+        """Cells x dictionary genes; columns mapped onto the same gene are summed."""
+        mapped = np.flatnonzero(columns >= 0)
+        selector = sp.csr_matrix(
+            (np.ones(len(mapped)), (mapped, columns[mapped])),
+            shape=(counts.shape[1], len(self.genes)),
+        )
+        out = (sp.csr_matrix(counts, dtype=np.float64) @ selector).tocsr()
+        out.eliminate_zeros()
+        out.sort_indices()
+        return out
+
+    def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
+        opts = GeneformerOptions.parse(options)
+        columns, _ = self.map_genes(genes)
+        if not (columns >= 0).any():
+            looks_like_symbols = not any(str(g).upper().startswith("ENS") for g in genes)
+            hint = (
+                " (these look like gene symbols: map them to Ensembl ids first)"
+                if looks_like_symbols
+                else ""
+            )
+            raise InputError(
+                f"genes: none of the {len(genes)} genes is in this Geneformer model's "
+                f"{len(self.genes):,}-gene dictionary; send Ensembl gene ids "
+                f"(e.g. {self.genes[:3]}){hint}"
+            )
+        whole = np.array_equal(counts.data, np.round(counts.data))
+        if not (opts.allow_non_integer or whole):
+            raise InputError(
+                "cells.data: Geneformer expects raw counts (whole numbers); for depth-scaled "
+                'counts (not log-transformed) set options {"allow_non_integer": true}'
+            )
+        x = self.to_dictionary(counts, columns)
+        empty = np.flatnonzero(np.diff(x.indptr) == 0)
+        if len(empty):
+            raise InputError(
+                f"cells: {len(empty)} cell(s) express none of the model's dictionary genes, so "
+                f"Geneformer has no token to embed: rows [{_listed(empty)}]. Drop these cells "
+                "(the official tokenizer skips them) or check the gene ids, and resend."
+            )
+
+    def tokenize(
+        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping
+    ) -> TokenizedCells:
+        GeneformerOptions.parse(options)
+        columns, unmapped = self.map_genes(genes)
+        counts = sp.csr_matrix(counts, dtype=np.float64)
+        n_counts = np.asarray(counts.sum(axis=1)).ravel()
+        x = self.to_dictionary(counts, columns)
+        n_cells = x.shape[0]
+        per_cell = np.diff(x.indptr)
+        empty = np.flatnonzero(per_cell == 0)
+        if len(empty):
+            raise InputError(
+                f"cells: rows [{_listed(empty)}] express none of the model's dictionary genes"
+            )
+        row_of = np.repeat(np.arange(n_cells), per_cell)
+        rank_value = x.data / n_counts[row_of] * TARGET_SUM / self.medians[x.indices]
+        tokens = self.token_ids[x.indices]
+
+        # by cell, then rank value descending, then token id ascending (last key = primary)
+        order = np.lexsort((tokens, -rank_value, row_of))
+        rank_value, tokens = rank_value[order], tokens[order]
+        rank = np.arange(len(order)) - x.indptr[row_of]  # row_of is unchanged by the sort
+        keep = rank < self.max_genes
+        rank_value, tokens, rank, row_of = rank_value[keep], tokens[keep], rank[keep], row_of[keep]
+
+        n_genes = np.minimum(per_cell, self.max_genes)
+        extra = 2 if self.special else 0
+        offsets = np.concatenate([[0], np.cumsum(n_genes + extra)]).astype(np.int64)
+        dest = offsets[row_of] + rank + (1 if self.special else 0)
+        out_tokens = np.empty(offsets[-1], dtype=np.int64)
+        out_values = np.zeros(offsets[-1], dtype=np.float64)
+        out_tokens[dest], out_values[dest] = tokens, rank_value
+        if self.special:
+            out_tokens[offsets[:-1]] = self.cls_id
+            out_tokens[offsets[1:] - 1] = self.eos_id
+        return TokenizedCells(
+            values=out_values.astype(np.float32),
+            positions=out_tokens,
+            offsets=offsets,
+            unmapped_genes=unmapped,
+        )
