@@ -1,0 +1,192 @@
+"""Tahoe-X1's own preprocessing over a CSR matrix (docs/models.md, "Tahoe-X1").
+
+Per cell, as the official dataset + collator do at inference: the expressed genes (value > 0)
+that are in the vocabulary, in the request's column order, after a ``<cls>`` token whose value
+is ``pad_value``. The values after the first ``keep_first_n_tokens`` tokens are binned per
+cell (``do_binning``: quantile bin edges of the cell's values, ``bucketize``, +1 for
+left-sided bins, so 1..num_bins-1), or log-normalised (``log_transform``), or left as they
+are. A cell with more tokens than ``max_length`` keeps its first ``keep_first_n_tokens``
+tokens and a subset of the rest; the official collator draws that subset at random on every
+call, this service chooses it deterministically (options ``subsample`` and ``seed``).
+Binning is done before the subset is chosen, as upstream. Bin edges come from torch's own
+float32 ``quantile`` (float64 edges would move values lying on an edge into the next bin),
+and values are placed with ``searchsorted``, which makes the same float32 comparisons as
+upstream's ``bucketize``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.families.tahoe.checkpoint import CollatorConfig
+
+MAX_LISTED = 20
+ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
+
+
+class TahoeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int | None = Field(
+        default=None,
+        ge=2,
+        description="tokens per cell including <cls> (default: max_length of "
+        "collator_config.yml, the training context)",
+    )
+    subsample: Literal["random", "top"] = Field(
+        default="random",
+        description="cells with more genes than max_length: 'random' = a random subset as "
+        "upstream, but drawn from a generator seeded by `seed` and the cell's own genes and "
+        "values (same cell, same subset, whatever the batch or column order); 'top' = the "
+        "most expressed genes (ties: lower vocabulary index first)",
+    )
+    seed: int = Field(default=0, ge=0, description="seed of the 'random' subsample")
+
+    @classmethod
+    def parse(cls, options: Mapping[str, object]) -> TahoeOptions:
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
+            raise InputError(
+                f"{problems} (Tahoe-X1 options: max_length, subsample, seed)"
+            ) from None
+
+
+class TahoeTokenizer:
+    def __init__(self, vocabulary: Mapping[str, int], collator: CollatorConfig):
+        # special tokens (<pad>, <cls>, <eoc>, <drug>) are not genes a request may name
+        self.index = {tok: i for tok, i in vocabulary.items() if not tok.startswith("<")}
+        self.cls_id = int(vocabulary["<cls>"])
+        self.collator = collator
+        self.grades = torch.linspace(0, 1, collator.num_bins - 1, dtype=torch.float32)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.index)
+
+    def lookup(self, gene: str) -> int:
+        """Vocabulary index of a gene id (-1 = unknown); 'ENSG….5' falls back to 'ENSG…'."""
+        found = self.index.get(gene)
+        if found is None:
+            versioned = ENSEMBL_VERSION.match(gene)
+            found = self.index.get(versioned.group(1)) if versioned else None
+        return -1 if found is None else found
+
+    def map_genes(self, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        columns = np.array([self.lookup(g) for g in genes], dtype=np.int64)
+        return columns, [g for g, c in zip(genes, columns) if c < 0]
+
+    def expressed(
+        self, counts: sp.csr_matrix, columns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-cell offsets, gene ids and values of the expressed known genes, column order."""
+        counts = sp.csr_matrix(counts)
+        if not counts.has_sorted_indices:
+            counts = counts.sorted_indices()  # a copy: the caller's matrix is left alone
+        row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        ids = columns[counts.indices]
+        keep = (ids >= 0) & (counts.data > 0)
+        n = np.bincount(row_of[keep], minlength=counts.shape[0])
+        offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+        return offsets, ids[keep], counts.data[keep].astype(np.float32)
+
+    def max_length(self, opts: TahoeOptions) -> int:
+        keep = self.collator.keep_first_n_tokens
+        if opts.max_length is not None and opts.max_length <= keep:
+            raise InputError(
+                f"options.max_length: must exceed keep_first_n_tokens ({keep}) of this model"
+            )
+        return opts.max_length or self.collator.max_length
+
+    def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
+        self.max_length(TahoeOptions.parse(options))
+        columns, _ = self.map_genes(genes)
+        if not (columns >= 0).any():
+            example = sorted(self.index)[:2]
+            raise InputError(
+                f"genes: none of the {len(genes)} genes is in this Tahoe-X1 model's "
+                f"vocabulary of {self.n_genes:,} genes; send its gene ids (e.g. {example}; "
+                "Ensembl ids for the releases), not gene symbols"
+            )
+        offsets, _, _ = self.expressed(counts, columns)
+        empty = np.flatnonzero(np.diff(offsets) == 0)
+        if len(empty):
+            listed = ", ".join(map(str, empty[:MAX_LISTED])) + (
+                " …" if len(empty) > MAX_LISTED else ""
+            )
+            raise InputError(
+                f"cells: {len(empty)} cell(s) express none of the model's genes, so Tahoe-X1 has "
+                f"nothing to embed: rows [{listed}]. Drop these cells (or send more genes)."
+            )
+
+    def encode_values(self, values: np.ndarray) -> np.ndarray:
+        """The collator's value transform of one cell's (non-kept) expressed values."""
+        c = self.collator
+        if len(values) == 0 or not (c.do_binning or c.log_transform):
+            return values
+        row = torch.from_numpy(values)
+        if c.do_binning:
+            edges = torch.quantile(row, self.grades).numpy()
+            # = torch.bucketize(row, edges, right=...) (same float32 comparisons), ~10x faster
+            binned = np.searchsorted(edges, values, side="right" if c.right_binning else "left")
+            return (binned if c.right_binning else binned + 1).astype(np.float32)
+        scaled = row / (row.sum() + 1e-9) * c.target_sum
+        return torch.log1p(scaled).numpy()
+
+    def choose(
+        self, ids: np.ndarray, raw: np.ndarray, n_keep: int, opts: TahoeOptions
+    ) -> np.ndarray:
+        """Positions (ascending) of ``n_keep`` of a cell's subsampled genes."""
+        if opts.subsample == "top":
+            ranked = np.lexsort((ids, -raw.astype(np.float64)))
+            return np.sort(ranked[:n_keep])
+        canonical = np.argsort(ids, kind="stable")  # by vocabulary index
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(np.int64(opts.seed).tobytes())
+        digest.update(ids[canonical].astype(np.int64).tobytes())
+        digest.update(raw[canonical].astype(np.float32).tobytes())
+        rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
+        return np.sort(canonical[rng.choice(len(ids), n_keep, replace=False)])
+
+    def tokenize(
+        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping
+    ) -> TokenizedCells:
+        opts = TahoeOptions.parse(options)
+        c = self.collator
+        max_length = self.max_length(opts)
+        fixed = c.keep_first_n_tokens - 1  # genes after <cls> left as they are (see docs)
+        columns, unmapped = self.map_genes(genes)
+        offsets, ids, raw = self.expressed(counts, columns)
+        out_ids, out_values, lengths = [], [], []
+        for s, e in pairwise(offsets):
+            cell_ids, cell_raw = ids[s:e], raw[s:e]
+            values = cell_raw.copy()
+            values[fixed:] = self.encode_values(cell_raw[fixed:])
+            if 1 + len(cell_ids) > max_length:
+                rest = fixed + self.choose(
+                    cell_ids[fixed:], cell_raw[fixed:], max_length - 1 - fixed, opts
+                )
+                picked = np.concatenate([np.arange(min(fixed, len(cell_ids))), rest])
+                cell_ids, values = cell_ids[picked], values[picked]
+            out_ids += [[self.cls_id], cell_ids]
+            out_values += [[c.pad_value], values]
+            lengths.append(1 + len(cell_ids))
+        return TokenizedCells(
+            values=np.concatenate(out_values or [[]]).astype(np.float32),
+            positions=np.concatenate(out_ids or [[]]).astype(np.int64),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            unmapped_genes=unmapped,
+        )
