@@ -115,7 +115,7 @@ def http_cells_per_s(checkpoint: Path, counts, genes, max_tokens: int, workers: 
         slices = np.array_split(np.arange(counts.shape[0]), workers)
 
         def send(rows: np.ndarray) -> int:
-            with Client(url, chunk_size=len(rows), progress=False) as client:
+            with Client(url, chunk_size=len(rows), progress=False, cache=False) as client:
                 out = client.embed(counts[rows], genes, model="bench", layers=-1, pooling="S")
             return len(next(iter(out.values())))
 

@@ -33,12 +33,28 @@ def fabricate(family: str, folder: Path, hidden: int, depth: int, heads: int) ->
         from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 
         fabricate_checkpoint(folder, hidden=hidden, depth=depth, heads=heads)
-        return folder
-    raise SystemExit(f"no fabricator wired for family {family!r} yet")
+    elif family == "tahoe":
+        from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(
+            folder, d_model=hidden, n_layers=depth, n_heads=heads, vocab_genes=4000, max_length=2048
+        )
+    elif family == "geneformer":
+        from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(folder, hidden=hidden, n_layers=depth, heads=heads, n_genes=4000)
+    else:
+        raise SystemExit(f"no fabricator for family {family!r}")
+    return folder
 
 
 def gene_names(backend) -> list[str]:
-    return list(backend.tokenizer.vocabulary)
+    """The genes a backend's tokenizer knows (symbols or Ensembl ids, per family)."""
+    tokenizer = backend.tokenizer
+    for attribute in ("vocabulary", "genes"):
+        if isinstance(getattr(tokenizer, attribute, None), list):
+            return list(getattr(tokenizer, attribute))
+    return list(tokenizer.index)  # Tahoe: gene id -> token id
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # for helpers, server, reference modules
+sys.path.insert(0, str(Path(__file__).parent))  # for helpers and the reference modules
+
+# Tests never touch the user's client cache, and never inherit a token from the shell
+# (the server and the client both read SCSTRATA_TOKEN).
+os.environ["SCSTRATA_CACHE_DIR"] = tempfile.mkdtemp(prefix="scstrata-test-cache-")
+os.environ.pop("SCSTRATA_TOKEN", None)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,14 @@ def fake_result(item: dict[str, Any], layer_keys: list[int], dim: int = 3) -> di
     }
 
 
+@pytest.fixture(autouse=True)
+def _isolated_client_environment(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty result cache and no token from the caller's shell."""
+    monkeypatch.setenv("SCSTRATA_CACHE_DIR", str(tmp_path_factory.mktemp("scstrata-cache")))
+    monkeypatch.delenv("SCSTRATA_TOKEN", raising=False)
+    monkeypatch.delenv("SCSTRATA_URL", raising=False)
+
+
 @pytest.fixture
 def counts() -> np.ndarray:
     """7 cells x 4 genes of small integer counts, no all-zero row."""

@@ -21,6 +21,10 @@ def test_preparing_a_request_from_anndata_does_not_import_torch():
         "                    options=None, chunk_size=2)\n"
         "job.body(0)\n"
         "Client('http://127.0.0.1:9').close()\n"
+        "import asyncio\n"
+        "from scstrata_client import AsyncClient\n"
+        "asyncio.run(AsyncClient('http://127.0.0.1:9').aclose())\n"
+        "import scstrata_client.cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     proc = _run(code)

@@ -6,8 +6,16 @@ Usage::
 
     with Client("http://localhost:3000") as client:
         layers = client.embed(adata, model="scfoundation", write_to=adata)
+        last = client.layer(adata, "scfoundation", -1)
+        for k, array in client.sweep(adata, "scfoundation", layers="all"):
+            ...
+
+``AsyncClient`` offers the same methods for asyncio code.
 """
 
+from ._anndata import obsm_key
+from ._async_client import AsyncClient
+from ._cache import ChunkCache
 from ._client import Client
 from ._version import __version__
 from .exceptions import (
@@ -17,10 +25,13 @@ from .exceptions import (
     ServiceError,
     ServiceUnavailable,
     TransportError,
+    Unauthorized,
 )
 from .models import ModelCard
 
 __all__ = [
+    "AsyncClient",
+    "ChunkCache",
     "Client",
     "InvalidRequest",
     "ModelCard",
@@ -29,5 +40,7 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "TransportError",
+    "Unauthorized",
     "__version__",
+    "obsm_key",
 ]

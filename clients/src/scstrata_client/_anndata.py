@@ -40,6 +40,7 @@ def write_embeddings(
     options: Mapping[str, Any] | None = None,
     n_layers: int | None = None,
     n_unmapped_genes: int | None = None,
+    checkpoint_digest: str | None = None,
 ) -> list[str]:
     """Store each layer in ``adata.obsm`` and its provenance in ``adata.uns["scstrata"]``.
 
@@ -75,6 +76,8 @@ def write_embeddings(
                 record["depth"] = int(layer) / n_layers
         if n_unmapped_genes is not None:
             record["n_unmapped_genes"] = int(n_unmapped_genes)
+        if checkpoint_digest:
+            record["checkpoint_digest"] = str(checkpoint_digest)
         provenance[key] = record
         keys.append(key)
     adata.uns[UNS_KEY] = provenance

@@ -1,24 +1,24 @@
-"""The synchronous client: HTTP transport and retries around the shared ``EmbedJob``."""
+"""The synchronous client: chunks sent concurrently from a thread pool, with retries."""
 
 from __future__ import annotations
 
 import logging
-import sys
+import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import numpy as np
-import pydantic
-from tqdm import tqdm
 
-from ._anndata import write_embeddings
-from ._core import EmbedJob
-from ._protocol import decode_reply
-from ._retry import RETRYABLE_ERRORS, RetryPolicy, RetryState, transport_error
-from ._version import __version__
-from .exceptions import ProtocolError
+from ._base import Cancelled, ClientBase
+from ._cache import DEFAULT_MAX_BYTES
+from ._core import ChunkTask, EmbedJob, TransportChoice
+from ._protocol import ChunkResult, decode_reply
+from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from .exceptions import InvalidRequest
 from .models import ModelCard
 
 if TYPE_CHECKING:
@@ -26,22 +26,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scstrata_client")
 
-_CARDS = pydantic.TypeAdapter(list[ModelCard])
+Layers = int | Sequence[int] | Literal["all"]
 
 
-class Client:
+class Client(ClientBase):
     """A client of one scstrata service.
 
     Args:
         url: the service's base URL, e.g. ``"http://localhost:3000"``.
+        token: sent as ``Authorization: Bearer <token>``; defaults to ``$SCSTRATA_TOKEN``.
         timeout: seconds allowed for each phase of one HTTP call (connect, send, read).
             Generous by default, because a chunk of cells can take minutes on a busy GPU.
         chunk_size: cells per request. Lower it if the service answers 413.
+        max_concurrency: chunks in flight at once (threads here, tasks in ``AsyncClient``).
         max_retries: retries after the first try, for connection failures, timeouts, 429
             and 503. Other errors are never retried.
-        backoff: the first retry's base delay in seconds; it doubles at each retry.
-        progress: show a progress bar over chunks. ``None`` shows one only when stderr is a
-            terminal and there is more than one chunk.
+        backoff: the first retry's base delay in seconds; it doubles at each retry, with
+            random jitter, and a ``Retry-After`` header lengthens it.
+        progress: show a progress bar over cells. ``None`` shows one only when stderr is a
+            terminal and more than one request is needed.
+        cache: keep each chunk's result on disk, so that a repeated or interrupted run sends
+            only what is missing. ``False`` disables it.
+        cache_dir: the cache's folder (default ``$SCSTRATA_CACHE_DIR``, else
+            ``~/.cache/scstrata``).
+        cache_max_bytes: the cache's size limit; least recently used results go first.
+        transport_format: ``"json"``, ``"npz"`` (binary replies), or ``"auto"``: npz for a
+            chunk whose result exceeds 200,000 floats, JSON otherwise, and JSON throughout
+            if the service turns out to predate npz.
         transport: an ``httpx`` transport to send requests through, instead of the network
             (for proxies, Unix sockets, or tests).
 
@@ -52,32 +63,34 @@ class Client:
         self,
         url: str,
         *,
+        token: str | None = None,
         timeout: float = 300.0,
         chunk_size: int = 1000,
+        max_concurrency: int = 4,
         max_retries: int = 5,
         backoff: float = 0.5,
         progress: bool | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        transport_format: TransportChoice = "auto",
         transport: httpx.BaseTransport | None = None,
     ):
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size: must be at least 1, got {chunk_size}")
-        if timeout <= 0:
-            raise ValueError(f"timeout: must be positive, got {timeout}")
-        self.url = url.rstrip("/")
-        self.chunk_size = chunk_size
-        self.progress = progress
-        self._policy = RetryPolicy(max_retries=max_retries, backoff=backoff)
-        self._http = httpx.Client(
-            base_url=self.url,
+        super().__init__(
+            url,
+            token=token,
             timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": f"scstrata-client/{__version__}"},
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            backoff=backoff,
+            progress=progress,
+            cache=cache,
+            cache_dir=cache_dir,
+            cache_max_bytes=cache_max_bytes,
+            transport_format=transport_format,
         )
-        self._sleep = time.sleep  # replaced by tests that must not really wait
-        self._cards: list[ModelCard] | None = None
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r})"
+        self._http = httpx.Client(transport=transport, **self._http_settings())
 
     def __enter__(self) -> Client:
         return self
@@ -90,13 +103,7 @@ class Client:
 
     def models(self) -> list[ModelCard]:
         """The model cards of every model the service serves (``GET /models``)."""
-        payload = self._request("GET", "/models")
-        try:
-            cards = _CARDS.validate_python(payload)
-        except pydantic.ValidationError as exc:
-            raise ProtocolError(f"GET {self.url}/models: malformed model cards: {exc}") from exc
-        self._cards = cards
-        return cards
+        return self._parse_cards(self._request("GET", "/models"))
 
     def embed(
         self,
@@ -104,7 +111,7 @@ class Client:
         genes: Sequence[str] | None = None,
         *,
         model: str,
-        layers: int | Sequence[int] | Literal["all"] = "all",
+        layers: Layers = "all",
         pooling: str = "official",
         options: Mapping[str, Any] | None = None,
         write_to: AnnData | None = None,
@@ -125,79 +132,142 @@ class Client:
                 in ``obsm["X_<model>_layer<k>"]`` (``_<pooling>`` appended unless pooling is
                 "official") with provenance in ``uns["scstrata"]``.
 
-        Cells are sent ``chunk_size`` at a time and reassembled in input order; a reply
-        with a missing or extra cell raises ``ProtocolError``.
+        Cells are sent ``chunk_size`` at a time, ``max_concurrency`` chunks at once, and
+        reassembled in input order; results already in the cache are not asked for again.
+        A reply with a missing or extra cell or layer raises ``ProtocolError``.
         """
-        job = EmbedJob.plan(
+        job = self._prepare(X, genes, model, layers, pooling, options, write_to)
+        result = dict(self._run(job))
+        self._report(job)
+        self._write(write_to, job, result)
+        return result
+
+    def layer(
+        self,
+        X: Any,
+        model: str,
+        layer: int,
+        *,
+        genes: Sequence[str] | None = None,
+        pooling: str = "official",
+        options: Mapping[str, Any] | None = None,
+        write_to: AnnData | None = None,
+    ) -> np.ndarray:
+        """One layer (cells x dim), fetching only the chunks the cache does not hold."""
+        k = self._check_layer(layer)
+        result = self.embed(
+            X, genes, model=model, layers=k, pooling=pooling, options=options, write_to=write_to
+        )
+        (array,) = result.values()
+        return array
+
+    def sweep(
+        self,
+        X: Any,
+        model: str,
+        layers: Layers = "all",
+        *,
+        genes: Sequence[str] | None = None,
+        pooling: str = "official",
+        options: Mapping[str, Any] | None = None,
+        write_to: AnnData | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(layer, array)`` for every requested layer as soon as it is complete.
+
+        Layers the cache holds come first, at once; the rest come from one request per
+        chunk asking for all of them together, and are yielded once the last chunk is in.
+        With ``write_to``, each layer is stored in the AnnData as it is yielded. Arguments
+        are checked (and the model cards fetched) before this returns.
+        """
+        job = self._prepare(X, genes, model, layers, pooling, options, write_to)
+        return self._sweep(job, write_to)
+
+    def _sweep(self, job: EmbedJob, write_to: AnnData | None) -> Iterator[tuple[int, np.ndarray]]:
+        for k, array in self._run(job):
+            self._write(write_to, job, {k: array})
+            yield k, array
+        self._report(job)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        X: Any,
+        genes: Sequence[str] | None,
+        model: str,
+        layers: Any,
+        pooling: str,
+        options: Mapping[str, Any] | None,
+        write_to: AnnData | None,
+    ) -> EmbedJob:
+        if self._cards is None:
+            self.models()  # once per client: layer count, dimensions, checkpoint digest
+        return self._plan(
             X,
             genes,
             model=model,
             layers=layers,
             pooling=pooling,
             options=options,
-            chunk_size=self.chunk_size,
+            write_to=write_to,
         )
-        n_layers = None
-        if write_to is not None:
-            if write_to.n_obs != job.n_cells:
-                raise ValueError(
-                    f"write_to: has {write_to.n_obs} cells but X has {job.n_cells}; "
-                    "pass the AnnData the counts came from"
+
+    def _run(self, job: EmbedJob) -> Iterator[tuple[int, np.ndarray]]:
+        cached_cells = job.load_cache()
+        tasks = job.tasks(self.transport_format, self._npz_ok)
+        bar = self._bar(job, len(tasks), cached_cells)
+        cancel = threading.Event()
+        pool: ThreadPoolExecutor | None = None
+        try:
+            yield from job.take_complete()
+            replies: Iterator[tuple[ChunkTask, ChunkResult]]
+            if self.max_concurrency == 1 or len(tasks) <= 1:
+                replies = (self._send_chunk(job, task, cancel) for task in tasks)
+            else:
+                pool = ThreadPoolExecutor(
+                    min(self.max_concurrency, len(tasks)), thread_name_prefix="scstrata-chunk"
                 )
-            # Known before the (long) embedding, so a failure here costs nothing.
-            n_layers = None if job.layers == "all" else self._n_layers(model)
+                futures = [pool.submit(self._send_chunk, job, t, cancel) for t in tasks]
+                replies = (future.result() for future in as_completed(futures))
+            for task, chunk in replies:
+                job.accept(task, chunk)
+                bar.update(task.n_cells)
+                yield from job.take_complete()
+            job.result()  # raises if a chunk were somehow left out
+        finally:
+            cancel.set()  # chunks still waiting to retry give up
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
 
-        with tqdm(
-            total=len(job.ranges),
-            disable=not self._show_progress(len(job.ranges)),
-            unit="chunk",
-            desc=f"embed {model}",
-        ) as bar:
-            for i in range(len(job.ranges)):
-                job.accept(i, self._request("POST", "/embed", json=job.body(i)))
-                bar.update(1)
-        result = job.result()
+    def _send_chunk(
+        self, job: EmbedJob, task: ChunkTask, cancel: threading.Event
+    ) -> tuple[ChunkTask, ChunkResult]:
+        task = self._current(task)
+        try:
+            payload = self._post(job, task, cancel)
+        except InvalidRequest as exc:
+            fallback = self._json_fallback(task, exc)
+            if fallback is None:
+                raise
+            task = fallback
+            payload = self._post(job, task, cancel)
+        return task, job.parse(task, payload)
 
-        if job.n_unmapped_genes:
-            logger.info(
-                "%s: %d of %d genes are not in the model's vocabulary (e.g. %s)",
-                model,
-                job.n_unmapped_genes,
-                len(job.genes),
-                ", ".join(job.unmapped_genes[:5]),
-            )
-        if write_to is not None:
-            if job.layers == "all":
-                n_layers = max(result)  # "all" is 0..L
-            write_embeddings(
-                write_to,
-                result,
-                url=self.url,
-                model=model,
-                pooling=pooling,
-                options=job.options,
-                n_layers=n_layers,
-                n_unmapped_genes=job.n_unmapped_genes,
-            )
-        return result
+    def _post(self, job: EmbedJob, task: ChunkTask, cancel: threading.Event) -> Any:
+        return self._request(
+            "POST", "/embed", cancel=cancel, json=job.body(task), headers=job.headers(task)
+        )
 
-    def _n_layers(self, model: str) -> int | None:
-        cards = self._cards if self._cards is not None else self.models()
-        for card in cards:
-            if card.name == model:
-                return card.n_layers
-        return None  # an unknown model: the service's 4xx will say so
-
-    def _show_progress(self, n_chunks: int) -> bool:
-        if self.progress is not None:
-            return self.progress
-        return n_chunks > 1 and sys.stderr.isatty()
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send one request, retrying transient failures; return the decoded JSON reply."""
+    def _request(
+        self, method: str, path: str, *, cancel: threading.Event | None = None, **kwargs: Any
+    ) -> Any:
+        """Send one request, retrying transient failures; return the decoded reply."""
         url = f"{self.url}{path}"
         retry = RetryState(self._policy)
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{method} {url}")
             try:
                 return decode_reply(self._http.request(method, path, **kwargs))
             except RETRYABLE_ERRORS as exc:
@@ -205,4 +275,12 @@ class Client:
             except httpx.HTTPError as exc:
                 raise transport_error(exc, method, url) from exc
             logger.debug("%s %s: retrying in %.2f s", method, url, delay)
+            self._pause(delay, cancel)
+
+    def _pause(self, delay: float, cancel: threading.Event | None) -> None:
+        if self._sleep is not None:
             self._sleep(delay)
+        elif cancel is None:
+            time.sleep(delay)
+        elif cancel.wait(delay):
+            raise Cancelled("the run was given up")

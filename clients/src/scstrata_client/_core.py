@@ -1,13 +1,15 @@
 """One ``embed`` call, independent of how its HTTP requests are sent.
 
-``EmbedJob`` plans the chunks, builds each chunk's body and puts each chunk's reply in
-place. Chunks may be accepted in any order (an async client sends them concurrently);
-the result is always in input row order, and it is only returned once every chunk has
-come back.
+``EmbedJob`` plans the chunks, looks them up in the cache, decides what each chunk still
+needs (``tasks``), builds each request's body, parses each reply and puts it in place. Chunks
+may be accepted in any order (the clients send them concurrently); every layer is handed
+out only once all of its chunks are in, always in input row order, and a reply with a
+missing, extra or unasked-for row or layer raises ``ProtocolError`` instead.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,9 +17,57 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from ._cache import (
+    ChunkCache,
+    digest_card,
+    digest_chunk,
+    digest_genes,
+    digest_options,
+    result_key,
+)
 from ._inputs import as_csr, chunk_ranges
-from ._protocol import ChunkResult, build_item, normalise_layers, parse_embed_reply, request_body
+from ._protocol import (
+    NPZ_MEDIA_TYPE,
+    ChunkResult,
+    TransportFormat,
+    build_item,
+    canonical_csr,
+    normalise_layers,
+    parse_embed_reply,
+    request_body,
+    resolve_layers,
+)
 from .exceptions import ProtocolError
+from .models import ModelCard
+
+logger = logging.getLogger("scstrata_client")
+
+TransportChoice = Literal["auto", "json", "npz"]
+
+# "auto" asks for the binary npz reply once a chunk's result holds more floats than this:
+# below it, JSON costs little and stays readable in a proxy log.
+NPZ_AUTO_THRESHOLD = 200_000
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One request to send: chunk ``index`` (rows ``start:stop``) for ``layers``."""
+
+    index: int
+    start: int
+    stop: int
+    layers: int | list[int] | Literal["all"]
+    """The layers as sent: the caller's own form when every layer is needed, else a list."""
+    expected: tuple[int, ...] | None
+    """The resolved layers the reply must hold exactly; None when unknown (no model card)."""
+    format: TransportFormat = "json"
+
+    @property
+    def n_cells(self) -> int:
+        return self.stop - self.start
+
+    def as_json(self) -> ChunkTask:
+        return ChunkTask(self.index, self.start, self.stop, self.layers, self.expected, "json")
 
 
 @dataclass
@@ -29,10 +79,18 @@ class EmbedJob:
     pooling: str
     options: dict[str, Any]
     ranges: list[tuple[int, int]]
+    card: ModelCard | None = None
+    wanted: list[int] | None = None
+    """Resolved layer indices; None until the first reply when there is no model card."""
+    dim: int | None = None
+    cache: ChunkCache | None = None
     n_unmapped_genes: int | None = None
     unmapped_genes: list[str] = field(default_factory=list)
     _out: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _done: set[int] = field(default_factory=set, repr=False)
+    _have: dict[int, set[int]] = field(default_factory=dict, repr=False)
+    _handed_out: set[int] = field(default_factory=set, repr=False)
+    _keys: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    _meta_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def plan(
@@ -45,8 +103,16 @@ class EmbedJob:
         pooling: str,
         options: Mapping[str, Any] | None,
         chunk_size: int,
+        card: ModelCard | None = None,
+        cache: ChunkCache | None = None,
     ) -> EmbedJob:
-        """Validate every argument locally, so that mistakes fail before any request."""
+        """Validate every argument locally, so that mistakes fail before any request.
+
+        With the model's ``card``, layers are resolved here (so that the cache can be keyed
+        by layer index) and the reply's dimension is known in advance. Without it, or when
+        the card says the request is wrong (a layer out of range, an unknown pooling), the
+        request is sent as it is and the service's 4xx explains; the cache is then unused.
+        """
         if not isinstance(model, str) or not model:
             raise ValueError(f"model: expected a model name (see Client.models()), got {model!r}")
         if not isinstance(pooling, str) or not pooling:
@@ -54,65 +120,226 @@ class EmbedJob:
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"options: expected a dict, got {type(options).__name__}")
         cells, gene_list = as_csr(X, genes)
+        wire = normalise_layers(layers)
+        wanted = dim = None
+        if card is not None:
+            wanted = resolve_layers(wire, card.n_layers)
+            dim = card.poolings.get(pooling)
+            if wanted is None or dim is None:
+                wanted = dim = None
+        if wanted is None or card is None or not card.checkpoint_digest:
+            cache = None  # nothing trustworthy to key results on
         return cls(
-            cells=cells,
+            cells=canonical_csr(cells),
             genes=gene_list,
             model=model,
-            layers=normalise_layers(layers),
+            layers=wire,
             pooling=pooling,
             options=dict(options or {}),
             ranges=chunk_ranges(cells.shape[0], chunk_size),
+            card=card,
+            wanted=wanted,
+            dim=dim,
+            cache=cache,
         )
 
     @property
     def n_cells(self) -> int:
         return int(self.cells.shape[0])
 
-    def body(self, i: int) -> dict[str, Any]:
-        """The JSON body of chunk ``i``."""
-        start, stop = self.ranges[i]
+    @property
+    def n_chunks(self) -> int:
+        return len(self.ranges)
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def load_cache(self) -> int:
+        """Fill in every (chunk, layer) the cache holds; return the cells needing no request."""
+        if self.cache is None or self.wanted is None or self.card is None:
+            return 0
+        genes_digest = digest_genes(self.genes)
+        options_digest = digest_options(self.options)
+        common = {
+            "model": self.model,
+            "card_digest": digest_card(self.card.model_dump(mode="json")),
+            "options_digest": options_digest,
+        }
+        self._meta_key = result_key(genes_digest, layer=-1, pooling="unmapped", **common)
+        meta = self.cache.get_meta(self._meta_key)
+        if meta is not None and self.n_unmapped_genes is None:
+            self.n_unmapped_genes = int(meta.get("n_unmapped_genes", 0))
+            self.unmapped_genes = [str(g) for g in meta.get("unmapped_genes", [])]
+        done_cells = 0
+        for i, (start, stop) in enumerate(self.ranges):
+            data_digest = digest_chunk(self.cells[start:stop], genes_digest)
+            complete = True
+            for k in self.wanted:
+                key = result_key(data_digest, layer=k, pooling=self.pooling, **common)
+                self._keys[(i, k)] = key
+                array = self.cache.get(key, stop - start, self.dim)
+                if array is None:
+                    complete = False
+                else:
+                    self._place(i, k, array)
+            done_cells += (stop - start) if complete else 0
+        return done_cells
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def missing(self, i: int) -> list[int] | None:
+        """Layers chunk ``i`` still needs (None: all, unknown which until a reply)."""
+        if self.wanted is None:
+            return None
+        return [k for k in self.wanted if i not in self._have.get(k, ())]
+
+    def tasks(
+        self, transport_format: TransportChoice = "json", npz_ok: bool = True
+    ) -> list[ChunkTask]:
+        """One request per chunk that still needs a layer, asking for all it needs at once."""
+        tasks = []
+        for i, (start, stop) in enumerate(self.ranges):
+            need = self.missing(i)
+            if need == []:
+                continue
+            if need is None:
+                layers, expected = self.layers, None
+            else:
+                layers = self.layers if need == self.wanted else list(need)
+                expected = tuple(need)
+            n_layers = len(need) if need is not None else None
+            fmt = self._format(stop - start, n_layers, transport_format, npz_ok)
+            tasks.append(ChunkTask(i, start, stop, layers, expected, fmt))
+        return tasks
+
+    def _format(
+        self, n_cells: int, n_layers: int | None, choice: TransportChoice, npz_ok: bool
+    ) -> TransportFormat:
+        if choice in ("json", "npz"):
+            return choice
+        if not npz_ok or n_layers is None or self.dim is None:
+            return "json"
+        return "npz" if n_cells * n_layers * self.dim > NPZ_AUTO_THRESHOLD else "json"
+
+    def _task(self, task: ChunkTask | int) -> ChunkTask:
+        if isinstance(task, ChunkTask):
+            return task
+        start, stop = self.ranges[task]
+        expected = tuple(self.wanted) if self.wanted is not None else None
+        return ChunkTask(task, start, stop, self.layers, expected)
+
+    def body(self, task: ChunkTask | int) -> dict[str, Any]:
+        """The JSON body of a task (or of chunk ``i`` asking for every layer, as JSON)."""
+        task = self._task(task)
         item = build_item(
-            self.cells[start:stop],
+            self.cells[task.start : task.stop],
             self.genes,
             model=self.model,
-            layers=self.layers,
+            layers=task.layers,
             pooling=self.pooling,
             options=self.options,
+            format=task.format,
         )
         return request_body(item)
 
-    def accept(self, i: int, payload: Any) -> ChunkResult:
-        """Parse the reply to chunk ``i`` and copy its rows into place."""
-        start, stop = self.ranges[i]
-        chunk = parse_embed_reply(payload, stop - start)
-        if not self._out:
-            # The first reply fixes the layer set and dimension that every other must match.
-            self._out = {
-                k: np.empty((self.n_cells, a.shape[1]), dtype=np.float32)
-                for k, a in chunk.layers.items()
-            }
-        elif set(chunk.layers) != set(self._out):
+    @staticmethod
+    def headers(task: ChunkTask) -> dict[str, str]:
+        """Extra HTTP headers: npz tasks ask for the raw binary reply."""
+        return {"Accept": NPZ_MEDIA_TYPE} if task.format == "npz" else {}
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def parse(self, task: ChunkTask | int, payload: Any) -> ChunkResult:
+        """Parse and check the reply to ``task``; touches no state (safe in any thread)."""
+        task = self._task(task)
+        chunk = parse_embed_reply(payload, task.n_cells, model=self.model, pooling=self.pooling)
+        if task.expected is not None and tuple(chunk.layers) != task.expected:
             raise ProtocolError(
-                f"chunk {i} returned layers {sorted(chunk.layers)}, "
-                f"earlier chunks returned {sorted(self._out)}"
+                f"chunk {task.index}: asked for layers {list(task.expected)}, "
+                f"the reply holds {sorted(chunk.layers)}"
             )
-        for k, array in chunk.layers.items():
-            if array.shape[1] != self._out[k].shape[1]:
+        if self.dim is not None and chunk.dim != self.dim:
+            raise ProtocolError(
+                f"chunk {task.index}: rows have {chunk.dim} values, the model card says "
+                f"{self.dim} for pooling {self.pooling!r}"
+            )
+        return chunk
+
+    def accept(self, task: ChunkTask | int, reply: Any) -> ChunkResult:
+        """Put the reply to ``task`` (parsed or not) in place and in the cache."""
+        task = self._task(task)
+        chunk = reply if isinstance(reply, ChunkResult) else self.parse(task, reply)
+        i = task.index
+        if self.wanted is None:
+            # No card: the first reply fixes the layer set and dimension every other must match.
+            if not self._out:
+                self.wanted = sorted(chunk.layers)
+            elif sorted(chunk.layers) != self.wanted:
                 raise ProtocolError(
-                    f"chunk {i}, layer {k}: dim {array.shape[1]} differs from earlier chunks "
-                    f"({self._out[k].shape[1]})"
+                    f"chunk {i} returned layers {sorted(chunk.layers)}, "
+                    f"earlier chunks returned {self.wanted}"
                 )
-            self._out[k][start:stop] = array
-        self._done.add(i)
+        for k, array in chunk.layers.items():
+            self._place(i, k, array)
+        if self.cache is not None:
+            for k, array in chunk.layers.items():
+                key = self._keys.get((i, k))
+                if key is not None:
+                    self.cache.put(key, array)
         if self.n_unmapped_genes is None:
             # Every chunk sends the same genes, so the first reply's report holds for all.
             self.n_unmapped_genes = chunk.n_unmapped_genes
             self.unmapped_genes = chunk.unmapped_genes
+            if self.cache is not None and self._meta_key is not None:
+                record = {
+                    "n_unmapped_genes": chunk.n_unmapped_genes,
+                    "unmapped_genes": chunk.unmapped_genes,
+                }
+                self.cache.put_meta(self._meta_key, record)
         return chunk
+
+    def _place(self, i: int, k: int, array: np.ndarray) -> None:
+        start, stop = self.ranges[i]
+        if k in self._handed_out:
+            raise ProtocolError(f"chunk {i}: layer {k} arrived after it was complete")
+        out = self._out.get(k)
+        if out is None:
+            out = self._out[k] = np.empty((self.n_cells, array.shape[1]), dtype=np.float32)
+        elif array.shape[1] != out.shape[1]:
+            raise ProtocolError(
+                f"chunk {i}, layer {k}: dim {array.shape[1]} differs from earlier chunks "
+                f"({out.shape[1]})"
+            )
+        have = self._have.setdefault(k, set())
+        if i in have:
+            raise ProtocolError(f"chunk {i}: layer {k} arrived twice")
+        out[start:stop] = array
+        have.add(i)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _complete(self, k: int) -> bool:
+        return len(self._have.get(k, ())) == self.n_chunks
+
+    def take_complete(self) -> list[tuple[int, np.ndarray]]:
+        """Layers whose every chunk is in and that were not handed out yet, in layer order.
+
+        The job lets go of each array it hands out, so that a caller processing one layer
+        at a time need not keep them all.
+        """
+        if self.wanted is None:
+            return []
+        ready = [k for k in self.wanted if k not in self._handed_out and self._complete(k)]
+        self._handed_out.update(ready)
+        return [(k, self._out.pop(k)) for k in ready]
+
+    def missing_chunks(self) -> list[int]:
+        if self.wanted is None:
+            return list(range(self.n_chunks))
+        return [i for i in range(self.n_chunks) if self.missing(i)]
 
     def result(self) -> dict[int, np.ndarray]:
         """Every layer with all cells in input order; raises if a chunk is missing."""
-        missing = sorted(set(range(len(self.ranges))) - self._done)
+        missing = self.missing_chunks()
         if missing:
             raise RuntimeError(f"chunks {missing} have no reply yet")
         return dict(sorted(self._out.items()))

@@ -6,6 +6,10 @@ server.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,14 +19,26 @@ import numpy as np
 import pydantic
 import scipy.sparse as sp
 
-from .exceptions import InvalidRequest, ProtocolError, ServiceError, ServiceUnavailable
+from .exceptions import (
+    InvalidRequest,
+    ProtocolError,
+    ServiceError,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from .models import EmbedResult
 
 LayersArg = int | Sequence[int] | Literal["all"]
 """What users may pass as ``layers``: one index, several, or every layer 0..L."""
 
+TransportFormat = Literal["json", "npz"]
+
 # Replies that mean "not now" rather than "not this": the service sheds load with 503.
 RETRYABLE_STATUS = frozenset({429, 503})
+# Replies that mean "who are you": a missing, wrong or insufficient token.
+AUTH_STATUS = frozenset({401, 403})
+# The content type of a raw binary reply (docs/api.md, "Raw binary reply").
+NPZ_MEDIA_TYPE = "application/x-npz"
 
 _ERROR_TEXT_LIMIT = 1000
 
@@ -51,9 +67,37 @@ def normalise_layers(layers: Any) -> int | list[int] | Literal["all"]:
     )
 
 
+def resolve_layers(layers: int | list[int] | Literal["all"], n_layers: int) -> list[int] | None:
+    """The sorted, unique indices in ``0..n_layers`` that ``layers`` (its JSON form) names.
+
+    The same rule as the service's. Returns None for an index out of range: the service's
+    4xx will say so in its own words.
+    """
+    if layers == "all":
+        return list(range(n_layers + 1))
+    requested = [layers] if isinstance(layers, int) else list(layers)
+    if not requested or any(not -(n_layers + 1) <= k <= n_layers for k in requested):
+        return None
+    return sorted({k % (n_layers + 1) for k in requested})
+
+
 def _is_int(value: Any) -> bool:
     # bool is an int subclass, but True as a layer index is surely a mistake.
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def canonical_csr(cells: sp.csr_matrix) -> sp.csr_matrix:
+    """A float32 copy with duplicates summed, stored zeros dropped and sorted indices.
+
+    What is sent, and what the cache's data digest is taken of: two matrices holding the same
+    numbers give the same bytes.
+    """
+    chunk = sp.csr_matrix(cells, dtype=np.float32, copy=True)
+    # Duplicates and stored zeros are legal in SciPy but only bloat the body (and the former
+    # would be ambiguous to a server that does not sum them).
+    chunk.sum_duplicates()
+    chunk.eliminate_zeros()
+    return chunk
 
 
 def build_item(
@@ -64,16 +108,19 @@ def build_item(
     layers: int | list[int] | Literal["all"],
     pooling: str,
     options: Mapping[str, Any] | None,
+    format: TransportFormat = "json",
 ) -> dict[str, Any]:
-    """One request item for ``POST /embed`` from a CSR chunk (cells x genes) and its genes."""
+    """One request item for ``POST /embed`` from a CSR chunk (cells x genes) and its genes.
+
+    ``format="npz"`` asks for the binary reply; JSON, the default, sends no ``format`` field
+    at all, so the item stays valid for a service that predates the field.
+    """
     if cells.shape[1] != len(genes):
         raise ValueError(f"genes: {len(genes)} names for {cells.shape[1]} columns")
-    chunk = sp.csr_matrix(cells, dtype=np.float32, copy=True)
-    # Duplicates and stored zeros are legal in SciPy but only bloat the body (and the former
-    # would be ambiguous to a server that does not sum them).
-    chunk.sum_duplicates()
-    chunk.eliminate_zeros()
-    return {
+    if format not in ("json", "npz"):
+        raise ValueError(f"format: expected 'json' or 'npz', got {format!r}")
+    chunk = canonical_csr(cells)
+    item: dict[str, Any] = {
         "model": model,
         "layers": layers,
         "pooling": pooling,
@@ -86,6 +133,9 @@ def build_item(
             "shape": [int(chunk.shape[0]), int(chunk.shape[1])],
         },
     }
+    if format == "npz":
+        item["format"] = "npz"
+    return item
 
 
 def request_body(item: dict[str, Any]) -> dict[str, Any]:
@@ -105,12 +155,30 @@ class ChunkResult:
     unmapped_genes: list[str] = field(default_factory=list)
 
 
-def parse_embed_reply(payload: Any, n_rows: int) -> ChunkResult:
-    """Parse the JSON reply to a one-item request that sent ``n_rows`` cells.
+@dataclass(frozen=True)
+class RawNpz:
+    """A raw binary reply (``Content-Type: application/x-npz``): the body is the ``.npz``."""
+
+    content: bytes
+
+    def __repr__(self) -> str:
+        return f"RawNpz({len(self.content)} bytes)"
+
+
+def parse_embed_reply(
+    payload: Any, n_rows: int, *, model: str = "", pooling: str = ""
+) -> ChunkResult:
+    """Parse the reply to a one-item request that sent ``n_rows`` cells.
+
+    ``payload`` is what ``decode_reply`` returned: the JSON list of results (with ``layers``,
+    or with ``npz`` as base64), or a ``RawNpz``. A raw reply carries no model or pooling;
+    ``model`` and ``pooling`` (those of the request) fill them in.
 
     Raises ``ProtocolError`` unless the reply holds exactly one result with ``n_rows`` rows
     of ``dim`` values for every layer: a lost or extra cell must never go unnoticed.
     """
+    if isinstance(payload, RawNpz):
+        return parse_npz(payload.content, n_rows, model=model, pooling=pooling)
     if not isinstance(payload, list) or len(payload) != 1:
         got = f"{len(payload)} results" if isinstance(payload, list) else type(payload).__name__
         raise ProtocolError(f"expected a list with one result for one request item, got {got}")
@@ -120,6 +188,15 @@ def parse_embed_reply(payload: Any, n_rows: int) -> ChunkResult:
         raise ProtocolError(f"malformed embed result: {exc}") from exc
     if result.n_cells != n_rows:
         raise ProtocolError(f"sent {n_rows} cells but the reply says n_cells={result.n_cells}")
+    if result.layers is None and result.npz is not None:
+        try:
+            raw = base64.b64decode(result.npz, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"the reply's npz is not valid base64 ({exc})") from exc
+        chunk = parse_npz(raw, n_rows, model=result.model, pooling=result.pooling)
+        if chunk.dim != result.dim:
+            raise ProtocolError(f"npz rows have {chunk.dim} values, reply says dim={result.dim}")
+        return chunk
     if not isinstance(result.layers, dict) or not result.layers:
         raise ProtocolError("the reply has no layers")
 
@@ -150,6 +227,74 @@ def parse_embed_reply(payload: Any, n_rows: int) -> ChunkResult:
         n_unmapped_genes=result.n_unmapped_genes,
         unmapped_genes=list(result.unmapped_genes),
     )
+
+
+_NPZ_LAYER = "layer_"
+
+
+def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") -> ChunkResult:
+    """Parse an ``.npz`` reply (docs/api.md): ``layer_<k>`` members, cells x dim each.
+
+    Read with ``allow_pickle=False``: a reply can hold numbers and strings, never code.
+    Members for extra outputs (``extra<i>_layer_<k>``) are ignored; the client asks for none.
+    """
+    try:
+        archive = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ProtocolError(f"the npz reply is not a readable .npz file ({exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ProtocolError("the npz reply holds a single array, not an .npz archive")
+    layers: dict[int, np.ndarray] = {}
+    n_unmapped = 0
+    unmapped: list[str] = []
+    dim: int | None = None
+    with archive:
+        try:
+            for name in archive.files:
+                if name.startswith(_NPZ_LAYER):
+                    suffix = name[len(_NPZ_LAYER) :]
+                    if not suffix.lstrip("-").isdigit():
+                        raise ProtocolError(f"npz member {name!r} has no integer layer index")
+                    array = np.asarray(archive[name])
+                    if not np.issubdtype(array.dtype, np.floating):
+                        raise ProtocolError(f"npz member {name!r} has dtype {array.dtype}")
+                    if array.ndim != 2 or array.shape[0] != n_rows:
+                        raise ProtocolError(
+                            f"layer {suffix}: sent {n_rows} cells but got an array of shape "
+                            f"{array.shape}"
+                        )
+                    if dim is not None and array.shape[1] != dim:
+                        raise ProtocolError(
+                            f"layer {suffix}: rows have {array.shape[1]} values, other layers {dim}"
+                        )
+                    dim = int(array.shape[1])
+                    layers[int(suffix)] = array.astype(np.float32, copy=False)
+                elif name == "n_unmapped_genes":
+                    n_unmapped = int(archive[name])
+                elif name == "unmapped_genes":
+                    unmapped = [str(g) for g in archive[name].tolist()]
+        except ValueError as exc:  # e.g. an object array, refused without pickle
+            raise ProtocolError(f"the npz reply holds an unreadable member ({exc})") from exc
+    if not layers or dim is None:
+        raise ProtocolError("the npz reply has no layer_<k> members")
+    return ChunkResult(
+        model=model,
+        pooling=pooling,
+        dim=dim,
+        layers=dict(sorted(layers.items())),
+        n_unmapped_genes=n_unmapped,
+        unmapped_genes=unmapped,
+    )
+
+
+def rejects_npz(exc: ServiceError) -> bool:
+    """True for a 4xx that refuses the ``format`` field: a service that predates npz."""
+    if not isinstance(exc, InvalidRequest) or isinstance(exc, Unauthorized):
+        return False
+    if exc.status_code not in (400, 422):
+        return False
+    message = exc.message.lower()
+    return "format" in message and ("extra" in message or "not permitted" in message)
 
 
 def error_message(body: Any, text: str = "") -> str:
@@ -201,9 +346,15 @@ def _detail_message(detail: Any) -> str:
 
 
 def decode_reply(response: httpx.Response) -> Any:
-    """Return the JSON of a 2xx reply; raise the matching ``ServiceError`` otherwise."""
+    """Return the JSON of a 2xx reply (a ``RawNpz`` for a binary one); raise otherwise.
+
+    A non-2xx reply raises the matching ``ServiceError`` subclass.
+    """
     method, url = _request_of(response)
     if response.is_success:
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == NPZ_MEDIA_TYPE:
+            return RawNpz(response.content)
         try:
             return response.json()
         except ValueError as exc:
@@ -218,6 +369,8 @@ def decode_reply(response: httpx.Response) -> Any:
     status = response.status_code
     if status in RETRYABLE_STATUS:
         cls: type[ServiceError] = ServiceUnavailable
+    elif status in AUTH_STATUS:
+        cls = Unauthorized
     elif 400 <= status < 500:
         cls = InvalidRequest
     else:

@@ -7,6 +7,7 @@ The hierarchy is deliberately short so that callers can catch at the level they 
     ├── ProtocolError           a reply that breaks the API contract
     └── ServiceError            a non-2xx reply
         ├── InvalidRequest      4xx: fix the request, retrying will not help
+        │   └── Unauthorized    401/403: the token is missing, wrong or lacks access
         └── ServiceUnavailable  503/429 that persisted through every retry
 
 Local argument problems (wrong shapes, missing genes) are plain ``ValueError``/``TypeError``
@@ -82,6 +83,20 @@ class ServiceError(ScstrataError):
 
 class InvalidRequest(ServiceError):
     """A 4xx reply (other than 429): the request is wrong and the message says how to fix it."""
+
+
+class Unauthorized(InvalidRequest):
+    """A 401 or 403 reply: the service wants a (different) token.
+
+    Pass ``token=`` to the client or set ``SCSTRATA_TOKEN``; it is sent as
+    ``Authorization: Bearer <token>``.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if "SCSTRATA_TOKEN" in text:  # the service's own message already says how
+            return text
+        return f"{text} (pass token= to the client or set SCSTRATA_TOKEN)"
 
 
 class ServiceUnavailable(ServiceError):

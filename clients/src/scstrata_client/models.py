@@ -44,6 +44,8 @@ class EmbedResult(BaseModel):
 
     ``layers`` is not validated by pydantic: it can hold tens of millions of floats, and
     numpy both converts and checks the shape far faster (see ``_protocol.parse_embed_reply``).
+    A result asked for with ``"format": "npz"`` has no ``layers`` but ``npz``, the base64 of
+    an ``.npz`` file holding them.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -52,6 +54,7 @@ class EmbedResult(BaseModel):
     pooling: str
     n_cells: int = Field(ge=0)
     dim: int = Field(ge=0)
-    layers: SkipValidation[dict[str, Any]]
+    layers: SkipValidation[dict[str, Any] | None] = None
+    npz: str | None = None
     n_unmapped_genes: int = 0
     unmapped_genes: list[str] = Field(default_factory=list)

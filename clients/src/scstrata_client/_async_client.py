@@ -1,0 +1,234 @@
+"""The asyncio client: the same API as ``Client``, with chunks as tasks under a semaphore."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+import numpy as np
+
+from ._base import ClientBase
+from ._cache import DEFAULT_MAX_BYTES
+from ._core import ChunkTask, EmbedJob, TransportChoice
+from ._protocol import ChunkResult, decode_reply
+from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from .exceptions import InvalidRequest
+from .models import ModelCard
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("scstrata_client")
+
+Layers = int | Sequence[int] | Literal["all"]
+
+
+class AsyncClient(ClientBase):
+    """The asyncio twin of :class:`Client`: same arguments, same methods, awaited.
+
+    ``await client.embed(...)``, ``await client.layer(...)``, ``await client.models()`` and
+    ``async for layer, array in client.sweep(...)``. Up to ``max_concurrency`` chunks are in
+    flight at once. Use it as ``async with AsyncClient(url) as client:`` or call
+    :meth:`aclose`. Cache reads and writes run in a worker thread, off the event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 300.0,
+        chunk_size: int = 1000,
+        max_concurrency: int = 4,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        progress: bool | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        transport_format: TransportChoice = "auto",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        super().__init__(
+            url,
+            token=token,
+            timeout=timeout,
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            backoff=backoff,
+            progress=progress,
+            cache=cache,
+            cache_dir=cache_dir,
+            cache_max_bytes=cache_max_bytes,
+            transport_format=transport_format,
+        )
+        self._http = httpx.AsyncClient(transport=transport, **self._http_settings())
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def models(self) -> list[ModelCard]:
+        """The model cards of every model the service serves (``GET /models``)."""
+        return self._parse_cards(await self._request("GET", "/models"))
+
+    async def embed(
+        self,
+        X: Any,
+        genes: Sequence[str] | None = None,
+        *,
+        model: str,
+        layers: Layers = "all",
+        pooling: str = "official",
+        options: Mapping[str, Any] | None = None,
+        write_to: AnnData | None = None,
+    ) -> dict[int, np.ndarray]:
+        """See :meth:`Client.embed`."""
+        job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
+        result = {k: array async for k, array in self._run(job)}
+        self._report(job)
+        self._write(write_to, job, result)
+        return result
+
+    async def layer(
+        self,
+        X: Any,
+        model: str,
+        layer: int,
+        *,
+        genes: Sequence[str] | None = None,
+        pooling: str = "official",
+        options: Mapping[str, Any] | None = None,
+        write_to: AnnData | None = None,
+    ) -> np.ndarray:
+        """See :meth:`Client.layer`."""
+        k = self._check_layer(layer)
+        result = await self.embed(
+            X, genes, model=model, layers=k, pooling=pooling, options=options, write_to=write_to
+        )
+        (array,) = result.values()
+        return array
+
+    async def sweep(
+        self,
+        X: Any,
+        model: str,
+        layers: Layers = "all",
+        *,
+        genes: Sequence[str] | None = None,
+        pooling: str = "official",
+        options: Mapping[str, Any] | None = None,
+        write_to: AnnData | None = None,
+    ) -> AsyncIterator[tuple[int, np.ndarray]]:
+        """See :meth:`Client.sweep`; arguments are checked at the first iteration."""
+        job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
+        async for k, array in self._run(job):
+            self._write(write_to, job, {k: array})
+            yield k, array
+        self._report(job)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _prepare(
+        self,
+        X: Any,
+        genes: Sequence[str] | None,
+        model: str,
+        layers: Any,
+        pooling: str,
+        options: Mapping[str, Any] | None,
+        write_to: AnnData | None,
+    ) -> EmbedJob:
+        if self._cards is None:
+            await self.models()
+        return self._plan(
+            X,
+            genes,
+            model=model,
+            layers=layers,
+            pooling=pooling,
+            options=options,
+            write_to=write_to,
+        )
+
+    async def _run(self, job: EmbedJob) -> AsyncIterator[tuple[int, np.ndarray]]:
+        cached_cells = await asyncio.to_thread(job.load_cache)
+        tasks = job.tasks(self.transport_format, self._npz_ok)
+        bar = self._bar(job, len(tasks), cached_cells)
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def send(task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
+            async with limit:
+                return await self._send_chunk(job, task)
+
+        pending = {asyncio.ensure_future(send(task)) for task in tasks}
+        try:
+            for item in job.take_complete():
+                yield item
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failure: BaseException | None = None
+                for future in done:
+                    if future.exception() is not None:
+                        failure = failure or future.exception()
+                        continue
+                    task, chunk = future.result()
+                    # Successful chunks are kept (and cached) even when another failed.
+                    await asyncio.to_thread(job.accept, task, chunk)
+                    bar.update(task.n_cells)
+                if failure is not None:
+                    raise failure
+                for item in job.take_complete():
+                    yield item
+            job.result()  # raises if a chunk were somehow left out
+        finally:
+            for future in pending:
+                future.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            bar.close()
+
+    async def _send_chunk(self, job: EmbedJob, task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
+        task = self._current(task)
+        try:
+            payload = await self._post(job, task)
+        except InvalidRequest as exc:
+            fallback = self._json_fallback(task, exc)
+            if fallback is None:
+                raise
+            task = fallback
+            payload = await self._post(job, task)
+        return task, job.parse(task, payload)
+
+    async def _post(self, job: EmbedJob, task: ChunkTask) -> Any:
+        return await self._request("POST", "/embed", json=job.body(task), headers=job.headers(task))
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request, retrying transient failures; return the decoded reply."""
+        url = f"{self.url}{path}"
+        retry = RetryState(self._policy)
+        while True:
+            try:
+                return decode_reply(await self._http.request(method, path, **kwargs))
+            except RETRYABLE_ERRORS as exc:
+                delay = retry.failed(exc, method, url)
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, method, url) from exc
+            logger.debug("%s %s: retrying in %.2f s", method, url, delay)
+            if self._sleep is not None:
+                waited = self._sleep(delay)
+                if inspect.isawaitable(waited):
+                    await waited
+            else:
+                await asyncio.sleep(delay)

@@ -1,0 +1,226 @@
+"""What ``Client`` and ``AsyncClient`` share: settings, model cards, planning, AnnData output.
+
+Nothing here sends a request; the two clients differ only in how they send and wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+import httpx
+import numpy as np
+import pydantic
+from tqdm import tqdm
+
+from ._anndata import write_embeddings
+from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
+from ._core import ChunkTask, EmbedJob, TransportChoice
+from ._protocol import _is_int, rejects_npz
+from ._retry import RetryPolicy
+from ._version import __version__
+from .exceptions import ProtocolError, ServiceError
+from .models import ModelCard
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("scstrata_client")
+
+TOKEN_ENV = "SCSTRATA_TOKEN"
+_CARDS = pydantic.TypeAdapter(list[ModelCard])
+
+
+class Cancelled(Exception):
+    """Internal: a chunk's retries stopped because the run they belong to was given up."""
+
+
+class ClientBase:
+    """Settings and transport-independent logic of both clients (see ``Client``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 300.0,
+        chunk_size: int = 1000,
+        max_concurrency: int = 4,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        progress: bool | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        transport_format: TransportChoice = "auto",
+    ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: must be at least 1, got {chunk_size}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be at least 1, got {max_concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"timeout: must be positive, got {timeout}")
+        if transport_format not in get_args(TransportChoice):
+            raise ValueError(
+                f"transport_format: expected 'auto', 'json' or 'npz', got {transport_format!r}"
+            )
+        self.url = url.rstrip("/")
+        self.chunk_size = chunk_size
+        self.max_concurrency = max_concurrency
+        self.progress = progress
+        self.transport_format: TransportChoice = transport_format
+        self.timeout = timeout
+        self._policy = RetryPolicy(max_retries=max_retries, backoff=backoff)
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._token = token or None
+        self.cache: ChunkCache | None = None
+        if cache:
+            directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            self.cache = ChunkCache(directory, cache_max_bytes)
+        self._cards: list[ModelCard] | None = None
+        self._npz_ok = True  # until the service refuses the format field
+        # Replaced by tests that must not really wait: called with each retry delay.
+        self._sleep: Any = None
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"{type(self).__name__}({self.url!r})"
+
+    def _http_settings(self) -> dict[str, Any]:
+        headers = {"User-Agent": f"scstrata-client/{__version__}"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return {
+            "base_url": self.url,
+            "timeout": self.timeout,
+            "headers": headers,
+            "limits": httpx.Limits(
+                max_connections=max(10, self.max_concurrency),
+                max_keepalive_connections=self.max_concurrency,
+            ),
+        }
+
+    # -- model cards ---------------------------------------------------------------------------
+
+    def _parse_cards(self, payload: Any) -> list[ModelCard]:
+        try:
+            cards = _CARDS.validate_python(payload)
+        except pydantic.ValidationError as exc:
+            raise ProtocolError(f"GET {self.url}/models: malformed model cards: {exc}") from exc
+        self._cards = cards
+        return cards
+
+    def _card(self, model: str) -> ModelCard | None:
+        for card in self._cards or ():
+            if card.name == model:
+                return card
+        return None  # an unknown model: the service's 4xx will say so
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _plan(
+        self,
+        X: Any,
+        genes: Sequence[str] | None,
+        *,
+        model: str,
+        layers: Any,
+        pooling: str,
+        options: Mapping[str, Any] | None,
+        write_to: AnnData | None,
+    ) -> EmbedJob:
+        job = EmbedJob.plan(
+            X,
+            genes,
+            model=model,
+            layers=layers,
+            pooling=pooling,
+            options=options,
+            chunk_size=self.chunk_size,
+            card=self._card(model),
+            cache=self.cache,
+        )
+        if write_to is not None and write_to.n_obs != job.n_cells:
+            raise ValueError(
+                f"write_to: has {write_to.n_obs} cells but X has {job.n_cells}; "
+                "pass the AnnData the counts came from"
+            )
+        return job
+
+    @staticmethod
+    def _check_layer(layer: Any) -> int:
+        if not _is_int(layer):
+            raise TypeError(f"layer: expected one layer index (an int), got {layer!r}")
+        return int(layer)
+
+    def _current(self, task: ChunkTask) -> ChunkTask:
+        """The task as it should go out now: JSON once the service has refused npz."""
+        if task.format == "npz" and self.transport_format == "auto" and not self._npz_ok:
+            return task.as_json()
+        return task
+
+    def _json_fallback(self, task: ChunkTask, exc: ServiceError) -> ChunkTask | None:
+        """The task as JSON when ``auto`` asked an older service for npz; else None."""
+        if task.format != "npz" or self.transport_format != "auto" or not rejects_npz(exc):
+            return None
+        if self._npz_ok:
+            logger.warning(
+                "%s does not accept the npz format (%s); using JSON", self.url, exc.message
+            )
+            self._npz_ok = False
+        return task.as_json()
+
+    # -- progress ------------------------------------------------------------------------------
+
+    def _show_progress(self, n_chunks: int) -> bool:
+        if self.progress is not None:
+            return self.progress
+        return n_chunks > 1 and sys.stderr.isatty()
+
+    def _bar(self, job: EmbedJob, n_tasks: int, cached_cells: int) -> tqdm:
+        return tqdm(
+            total=job.n_cells,
+            initial=cached_cells,
+            disable=not self._show_progress(n_tasks),
+            unit="cell",
+            unit_scale=True,
+            desc=f"{job.model} ({n_tasks} chunk{'s' if n_tasks != 1 else ''})",
+        )
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _report(self, job: EmbedJob) -> None:
+        if job.n_unmapped_genes:
+            logger.info(
+                "%s: %d of %d genes are not in the model's vocabulary (e.g. %s)",
+                job.model,
+                job.n_unmapped_genes,
+                len(job.genes),
+                ", ".join(job.unmapped_genes[:5]),
+            )
+
+    def _write(
+        self, write_to: AnnData | None, job: EmbedJob, layers: Mapping[int, np.ndarray]
+    ) -> None:
+        if write_to is None or not layers:
+            return
+        n_layers: int | None = None
+        if job.card is not None:
+            n_layers = job.card.n_layers
+        elif job.layers == "all" and job.wanted:
+            n_layers = max(job.wanted)  # "all" is 0..L
+        write_embeddings(
+            write_to,
+            layers,
+            url=self.url,
+            model=job.model,
+            pooling=job.pooling,
+            options=job.options,
+            n_layers=n_layers,
+            n_unmapped_genes=job.n_unmapped_genes,
+            checkpoint_digest=job.card.checkpoint_digest if job.card is not None else None,
+        )

@@ -1,0 +1,200 @@
+"""`scstrata` command line.
+
+``scstrata embed`` pulls per-layer embeddings from a service into an h5ad file (this package).
+``scstrata serve`` and ``scstrata fabricate`` belong to the service package and are handed
+over to it untouched when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._protocol import normalise_layers
+from .exceptions import ScstrataError
+
+SERVICE_COMMANDS = {
+    "serve": "serve models over HTTP (needs scstrata-service)",
+    "fabricate": "write a demo checkpoint with random weights (needs scstrata-service)",
+}
+URL_ENV = "SCSTRATA_URL"
+
+
+def parse_layers(text: str) -> Any:
+    """``all``, one index, or a comma-separated list (``0,6,-1``)."""
+    text = text.strip()
+    if text == "all":
+        return "all"
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or comma-separated layer indices such as 0,6,-1; got {text!r}"
+        ) from None
+    return normalise_layers(values[0] if len(values) == 1 else values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scstrata", description="Per-layer cell embeddings from single-cell models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = sub.add_parser(
+        "embed",
+        help="embed the cells of an h5ad file with a remote service",
+        description="Embed the cells of FILE.h5ad and write every layer to obsm of OUT.h5ad "
+        "(X_<model>_layer<k>, with provenance in uns['scstrata']).",
+    )
+    embed.add_argument("file", metavar="FILE.h5ad", help="cells x genes counts in X")
+    embed.add_argument("-o", "--out", required=True, metavar="OUT.h5ad", help="output file")
+    embed.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV),
+        help=f"the service's base URL (default ${URL_ENV})",
+    )
+    embed.add_argument("--model", required=True, help="a served model's name")
+    embed.add_argument(
+        "--layers",
+        type=parse_layers,
+        default="all",
+        help="'all' (default), an index, or a list such as 0,6,-1 (-1 = last)",
+    )
+    embed.add_argument("--pooling", default="official", help="default: official")
+    embed.add_argument("--chunk-size", type=int, default=1000, help="cells per request")
+    embed.add_argument("--max-concurrency", type=int, default=4, help="requests in flight")
+    embed.add_argument("--token", help="bearer token (default $SCSTRATA_TOKEN)")
+    embed.add_argument(
+        "--counts-layer", metavar="NAME", help="take counts from adata.layers[NAME], not X"
+    )
+    embed.add_argument(
+        "--gene-column", metavar="COLUMN", help="take gene names from adata.var[COLUMN]"
+    )
+    embed.add_argument("--cache-dir", help="result cache folder (default ~/.cache/scstrata)")
+    embed.add_argument("--no-cache", action="store_true", help="do not use the result cache")
+    embed.add_argument(
+        "--transport-format",
+        choices=["auto", "json", "npz"],
+        default="auto",
+        help=argparse.SUPPRESS,
+    )
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    for name, text in SERVICE_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from ._client import Client
+
+    if not args.url:
+        print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"scstrata embed: {path}: no such file", file=sys.stderr)
+        return 2
+    adata = ad.read_h5ad(path)
+    X = adata.X
+    if args.counts_layer is not None:
+        if args.counts_layer not in adata.layers:
+            known = ", ".join(adata.layers.keys()) or "none"
+            print(
+                f"scstrata embed: --counts-layer: no layer {args.counts_layer!r} (has: {known})",
+                file=sys.stderr,
+            )
+            return 2
+        X = adata.layers[args.counts_layer]
+    genes = adata.var_names
+    if args.gene_column is not None:
+        if args.gene_column not in adata.var.columns:
+            print(
+                f"scstrata embed: --gene-column: adata.var has no column {args.gene_column!r}",
+                file=sys.stderr,
+            )
+            return 2
+        genes = adata.var[args.gene_column].astype(str)
+    with Client(
+        args.url,
+        token=args.token,
+        chunk_size=args.chunk_size,
+        max_concurrency=args.max_concurrency,
+        progress=not args.quiet,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        transport_format=args.transport_format,
+    ) as client:
+        layers = client.embed(
+            X,
+            list(genes),
+            model=args.model,
+            layers=args.layers,
+            pooling=args.pooling,
+            write_to=adata,
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+    if not args.quiet:
+        dims = {int(a.shape[1]) for a in layers.values()}
+        print(
+            f"wrote {out}: {adata.n_obs} cells, layers {_ranges(sorted(layers))} of "
+            f"{args.model} (dim {', '.join(map(str, sorted(dims)))}) in obsm",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _delegate(argv: Sequence[str]) -> int:
+    try:
+        from scstrata_service.cli import main as service_main
+    except ImportError:
+        print("install scstrata-service to serve models", file=sys.stderr)
+        return 2
+    return int(service_main(list(argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVICE_COMMANDS:
+        return _delegate(argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="scstrata: %(message)s")
+    try:
+        return _embed(args)
+    except KeyboardInterrupt:
+        print(
+            "scstrata embed: interrupted; chunks already embedded are cached, "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except ScstrataError as err:
+        print(f"scstrata embed: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as err:
+        print(f"scstrata embed: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
