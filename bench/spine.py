@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     in_process_s = best_time(in_process, device, args.repeat)
     with (
         running_service([f"bench={args.family}:{folder}"]) as url,
-        Client(url, chunk_size=args.cells, progress=False) as client,
+        Client(url, chunk_size=args.cells, progress=False, cache=False) as client,
     ):
 
         def request(layers) -> float:
