@@ -1,4 +1,4 @@
-"""Shared fixtures: the real scFoundation gene list and one small simulated data set."""
+"""Shared fixtures: the real scFoundation gene list, a small trajectory and a small screen."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ GENE_TSV = (
     Path(__file__).resolve().parents[2]
     / "service/src/scstrata_service/data/OS_scRNA_gene_index.19264.tsv"
 )
+
+
+@pytest.fixture(autouse=True)
+def _private_client_cache(monkeypatch, tmp_path_factory):
+    """Keep any result cache the client keeps out of the caller's home directory."""
+    monkeypatch.setenv("SCSTRATA_CACHE_DIR", str(tmp_path_factory.mktemp("client-cache")))
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +61,13 @@ def _pca_baseline(adata: ad.AnnData, n_top_genes: int = 1000, n_pcs: int = 20) -
 def pca_baseline():
     """The function computing the PCA baseline (a fixture, so tests need not import conftest)."""
     return _pca_baseline
+
+
+@pytest.fixture(scope="session")
+def perturb_sim(genes: list[str]) -> ad.AnnData:
+    """A small screen: 10 perturbations x 20 cells + 40 controls, in each of 3 states."""
+    from scstrata_scoring.simulate_perturbation import simulate_perturbation
+
+    return simulate_perturbation(
+        genes, n_perturbations=10, cells_per_perturbation=20, n_control=40, seed=0
+    )

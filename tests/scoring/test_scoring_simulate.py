@@ -94,3 +94,68 @@ def test_simulating_a_full_vocabulary_is_fast(genes):
 def test_empty_gene_list_is_rejected():
     with pytest.raises(ValueError, match="genes"):
         simulate_trajectory([], n_cells=10)
+
+
+def test_branching_trajectory_splits_cells_and_genes_into_two_branches(genes):
+    adata = simulate_trajectory(genes, n_cells=400, seed=0, topology="branching")
+    pt = adata.obs["true_pseudotime"].to_numpy()
+    branch = adata.obs["branch"].astype(str).to_numpy()
+    assert set(branch) == {"trunk", "A", "B"}
+    assert (pt[branch == "trunk"] <= 0.4).all() and (pt[branch != "trunk"] > 0.4).all()
+    x = adata.X.toarray()
+    norm = x / x.sum(axis=1, keepdims=True)
+    late = pt > 0.7
+    for name, other in (("A", "B"), ("B", "A")):
+        genes_of = (adata.var["branch"] == name).to_numpy()
+        assert genes_of.sum() > 100
+        own = norm[late & (branch == name)][:, genes_of].sum(axis=1).mean()
+        foreign = norm[late & (branch == other)][:, genes_of].sum(axis=1).mean()
+        assert own > 1.5 * foreign  # rise only in their branch; measured 2.65 (A), 2.26 (B)
+
+
+def test_linear_data_of_a_seed_do_not_depend_on_the_branching_option(genes):
+    linear = simulate_trajectory(genes, n_cells=80, seed=5)
+    assert (linear.obs["branch"] == "trunk").all()
+    branching = simulate_trajectory(genes, n_cells=80, seed=5, topology="branching")
+    np.testing.assert_array_equal(linear.obs["true_pseudotime"], branching.obs["true_pseudotime"])
+    with pytest.raises(ValueError, match="topology"):
+        simulate_trajectory(genes, n_cells=10, topology="tree")
+
+
+def test_perturbation_screen_layout_and_ground_truth(perturb_sim, genes):
+    from scstrata_scoring.simulate_perturbation import true_effect_embedding, true_effects
+
+    adata = perturb_sim
+    assert adata.n_vars == len(genes)
+    assert list(adata.obs["state"].cat.categories) == ["Rest", "Stim8hr", "Stim48hr"]
+    counts = adata.obs.groupby(["state", "perturbation"], observed=True).size()
+    assert (counts.xs("non-targeting", level="perturbation") == 40).all()
+    assert counts.drop("non-targeting", level="perturbation").eq(20).all()
+    names = adata.uns["simulation"]["perturbations"]
+    assert len(names) == 10 and set(names) <= set(genes)  # targets are real symbols
+    effects = true_effects(adata, "Stim8hr")
+    assert effects.shape == (10, 2000) and list(effects.index) == list(names)
+    emb = true_effect_embedding(adata)
+    control = (adata.obs["perturbation"] == "non-targeting").to_numpy()
+    assert (emb[control] == 0).all() and np.abs(emb[~control]).sum(axis=1).min() > 0
+
+
+def test_perturbation_knockdown_lowers_the_target(perturb_sim):
+    x = perturb_sim.X.toarray()
+    norm = x / x.sum(axis=1, keepdims=True)
+    labels = perturb_sim.obs["perturbation"].astype(str).to_numpy()
+    lowered = 0
+    for name in perturb_sim.uns["simulation"]["perturbations"]:
+        col = perturb_sim.var_names.get_loc(name)
+        lowered += norm[labels == name, col].mean() < norm[labels == "non-targeting", col].mean()
+    assert lowered == 10
+
+
+def test_perturbation_simulation_is_seeded(genes):
+    from scstrata_scoring.simulate_perturbation import simulate_perturbation
+
+    kwargs = dict(n_perturbations=4, cells_per_perturbation=5, n_control=6, states=["a", "b"])
+    a = simulate_perturbation(genes, seed=1, **kwargs)
+    b = simulate_perturbation(genes, seed=1, **kwargs)
+    assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+    assert a.n_obs == 2 * (6 + 4 * 5)

@@ -6,11 +6,20 @@ from scipy import stats
 from scstrata_scoring.simulate import simulate_trajectory
 from scstrata_scoring.trajectory import (
     embedding_pseudotime,
+    knn_indices,
+    neighbourhood_overlap,
+    neighbourhood_overlap_per_cell,
+    random_label_distance,
     rank_unreachable_last,
     reference_pseudotime,
     root_cell,
+    sequential_alignment,
+    sequential_alignment_distances,
     time_values,
+    trajectory_evidence,
+    trajectory_reference,
     trajectory_scores,
+    trajectory_statistics,
 )
 
 
@@ -150,3 +159,96 @@ def test_embedding_with_nan_is_rejected():
     embedding[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         embedding_pseudotime(embedding, root=0)
+
+
+def test_knn_indices_exclude_self_even_among_duplicates():
+    x = np.array([[0.0], [0.0], [0.0], [1.0], [5.0]])
+    knn = knn_indices(x, 2)
+    assert knn.shape == (5, 2)
+    assert all(i not in row for i, row in enumerate(knn))
+    assert knn[4][0] == 3 and knn[4][1] in {0, 1, 2}
+
+
+def test_sequential_alignment_on_a_hand_made_line():
+    # 1-D positions 0, 1, 3, 6 with labels 0..3; k = 1: every nearest neighbour is one label
+    # away, so d = 1; d_random = mean |li - lj| over the 6 pairs = 10 / 6.
+    x = np.array([[0.0], [1.0], [3.0], [6.0]])
+    labels = np.array([0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(sequential_alignment_distances(x, labels, k=1), [1, 1, 1, 1])
+    assert random_label_distance(labels) == pytest.approx(10 / 6)
+    assert sequential_alignment(x, labels, k=1) == pytest.approx(1 - 1 / (10 / 6))
+
+
+def test_sequential_alignment_agrees_with_a_direct_loop():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    labels = rng.integers(0, 4, 60).astype(float)
+    dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    d = np.mean([np.abs(labels[i] - labels[np.argsort(dist[i])[:15]]).mean() for i in range(60)])
+    pairs = [abs(labels[i] - labels[j]) for i in range(60) for j in range(60) if i != j]
+    expected = float(np.clip(1 - d / np.mean(pairs), 0, 1))
+    assert sequential_alignment(x, labels) == pytest.approx(expected)
+    assert random_label_distance(labels) == pytest.approx(np.mean(pairs))
+
+
+def test_sequential_alignment_is_one_when_neighbours_share_labels_and_clipped_at_zero():
+    x = np.concatenate([np.zeros((20, 2)), np.full((20, 2), 10.0)]) + np.arange(40)[:, None] * 1e-3
+    labels = np.repeat([0.0, 1.0], 20)
+    assert sequential_alignment(x, labels, k=5) == 1.0
+    # Neighbours always carry the *other* label: worse than random, clipped to 0.
+    alternating = np.array([[float(i)] for i in range(40)])
+    assert sequential_alignment(alternating, np.arange(40) % 2, k=2) == 0.0
+    assert np.isnan(sequential_alignment(alternating, np.zeros(40), k=2))
+
+
+def test_neighbourhood_overlap_agrees_with_a_direct_computation():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(50, 4))
+    emb = ref + rng.normal(0, 0.5, ref.shape)
+    k = 5
+
+    def knn(x):
+        dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+        np.fill_diagonal(dist, np.inf)
+        return np.argsort(dist, axis=1)[:, :k]
+
+    a, b = knn(emb), knn(ref)
+    expected = np.mean([len(set(a[i]) & set(b[i])) / k for i in range(50)])
+    assert neighbourhood_overlap(emb, ref, k=k) == pytest.approx(expected)
+    assert neighbourhood_overlap(ref, ref, k=k) == 1.0
+    per_cell = neighbourhood_overlap_per_cell(emb, knn_indices(ref, k))
+    assert per_cell.mean() == pytest.approx(expected)
+
+
+def test_trajectory_reference_and_statistics_agree_with_point_scores(sims):
+    adata, reference, root, pca = sims[0]
+    ref = trajectory_reference(adata, "time")
+    np.testing.assert_array_equal(ref.pseudotime, reference)
+    assert ref.root == root and ref.knn.shape == (adata.n_obs, 30)
+    evidence = trajectory_evidence(pca, ref)
+    stats_ = {k: v[0] for k, v in trajectory_statistics(evidence, ref).items()}
+    point = trajectory_scores(pca, ref.pseudotime, ref.root, time=adata.obs["time"],
+                              reference_rep=ref.pca)  # fmt: skip
+    assert set(point) == set(stats_)
+    for name, value in point.items():
+        assert stats_[name] == pytest.approx(value), name
+    # The reference's own representation is its own ceiling.
+    own = trajectory_statistics(trajectory_evidence(ref.pca, ref), ref)
+    assert own["dpt_spearman"][0] == pytest.approx(1.0)
+    assert own["neighbourhood_overlap"][0] == 1.0
+
+
+def test_trajectory_reference_needs_every_cell_labelled(sims):
+    adata = sims[0][0].copy()
+    adata.obs["time"] = adata.obs["time"].astype(float)
+    adata.obs.iloc[3, adata.obs.columns.get_loc("time")] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        trajectory_reference(adata, "time")
+
+
+def test_branching_reference_tracks_true_pseudotime(genes):
+    adata = simulate_trajectory(genes, n_cells=400, seed=0, topology="branching")
+    ref = trajectory_reference(adata, "time")
+    rho = stats.spearmanr(ref.pseudotime, adata.obs["true_pseudotime"]).statistic
+    assert rho > 0.85  # measured 0.938

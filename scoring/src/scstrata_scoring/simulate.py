@@ -2,19 +2,21 @@
 
 The simulator exists so that the trajectory score can be checked against ground truth, and so
 that a demo can run end to end without downloading a data set. It is deliberately simple: one
-linear trajectory, smooth gene programs along it, and overdispersed count noise.
+linear trajectory (or a trunk splitting into two branches), smooth gene programs along it, and
+overdispersed count noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-__all__ = ["simulate_trajectory"]
+__all__ = ["nb_counts", "simulate_trajectory"]
 
 # Share of the expressed genes given to each kind of program. The rest follow the transient
 # ("peak") programs. Housekeeping genes dominate real libraries, so they get the largest share.
@@ -36,6 +38,8 @@ def simulate_trajectory(
     library_size_sd: float = 0.3,
     dispersion: float = 0.2,
     max_log2_fold_change: float = 4.0,
+    topology: Literal["linear", "branching"] = "linear",
+    branch_point: float = 0.4,
 ) -> ad.AnnData:
     """Simulate raw counts of cells along one differentiation trajectory.
 
@@ -66,6 +70,13 @@ def simulate_trajectory(
     Cells are in random order (pseudotime is drawn independently per cell), so "the first cell
     at the earliest time point" is an arbitrary early cell, not the earliest one.
 
+    ``topology="branching"`` splits the trajectory at pseudotime ``branch_point`` into
+    branches ``"A"`` and ``"B"`` (each cell past it joins one at random). Rising genes and
+    transient programs peaking after the branch point are each given to one branch; in cells
+    of the other branch they stay at their level at the branch point,
+    :math:`f_g(\\min(t_c, b))`. Housekeeping and falling genes are shared. The linear data of a
+    seed are unchanged by this option's existence: the branching draws use their own stream.
+
     Parameters
     ----------
     genes
@@ -90,6 +101,10 @@ def simulate_trajectory(
         Negative binomial dispersion :math:`\\phi` (variance :math:`\\mu + \\phi\\mu^2`).
     max_log2_fold_change
         Largest log2 fold change of a program gene between its low and high state.
+    topology
+        ``"linear"`` or ``"branching"``.
+    branch_point
+        Pseudotime at which the branches split (``topology="branching"`` only).
 
     Returns
     -------
@@ -98,9 +113,10 @@ def simulate_trajectory(
     * ``X``: raw counts, :class:`scipy.sparse.csr_matrix` of ``float32`` integers;
     * ``obs["true_pseudotime"]``: latent pseudotime in [0, 1];
     * ``obs["time"]``: observed time point, integers ``0..n_timepoints-1``;
+    * ``obs["branch"]``: ``"trunk"``, ``"A"`` or ``"B"`` (all ``"trunk"`` when linear);
     * ``obs["total_counts"]``: counts per cell;
     * ``var["program"]``: ``"housekeeping"``, ``"rising"``, ``"falling"``, ``"peak<p>"`` or
-      ``"unexpressed"``;
+      ``"unexpressed"``; ``var["branch"]``: ``"A"``, ``"B"`` or ``""`` (shared);
     * ``uns["simulation"]``: the parameters above.
     """
     genes = [str(g) for g in genes]
@@ -109,6 +125,10 @@ def simulate_trajectory(
         raise ValueError("genes: need at least one gene symbol")
     if n_cells < 1 or n_timepoints < 1 or n_programs < 0:
         raise ValueError("n_cells and n_timepoints must be >= 1 and n_programs >= 0")
+    if topology not in ("linear", "branching"):
+        raise ValueError(f"topology must be 'linear' or 'branching', got {topology!r}")
+    if not 0.0 < branch_point < 1.0:
+        raise ValueError(f"branch_point must lie in (0, 1), got {branch_point}")
     rng = np.random.default_rng(seed)
     n_expr = min(n_expressed, n_genes)
 
@@ -118,7 +138,22 @@ def simulate_trajectory(
 
     # Sorted so that the expressed block maps to ascending column indices of the full matrix.
     expressed = np.sort(rng.choice(n_genes, size=n_expr, replace=False))
-    program, shape = _programs(rng, n_expr, n_programs, pseudotime)
+    program, params = _program_params(rng, n_expr, n_programs)
+    shape = _program_shape(program, params, pseudotime)
+    cell_branch = np.full(n_cells, "trunk", dtype=object)
+    gene_branch = np.full(n_expr, "", dtype=object)
+    if topology == "branching":
+        # A stream of its own, so that the linear data of a seed stay what they were.
+        branch_rng = np.random.default_rng([seed, 1])
+        past = pseudotime > branch_point
+        cell_branch[past] = np.where(branch_rng.random(int(past.sum())) < 0.5, "A", "B")
+        late = (program == "rising") | np.isin(program, _late_peaks(n_programs, branch_point))
+        gene_branch[late] = np.where(branch_rng.random(int(late.sum())) < 0.5, "A", "B")
+        frozen = _program_shape(program, params, np.minimum(pseudotime, branch_point))
+        for name in ("A", "B"):
+            cells = past & (cell_branch != name)
+            genes_of = gene_branch == name
+            shape[np.ix_(cells, genes_of)] = frozen[np.ix_(cells, genes_of)]
 
     # Baselines spread over ~2 orders of magnitude, as real mean expression does.
     log_baseline = rng.normal(0.0, 1.0, n_expr)
@@ -129,9 +164,7 @@ def simulate_trajectory(
     proportions = rate / rate.sum(axis=1, keepdims=True)
 
     library = mean_library_size * np.exp(rng.normal(0.0, library_size_sd, n_cells))
-    mu = proportions * library[:, None]
-    gamma = rng.gamma(1.0 / dispersion, dispersion, size=mu.shape)
-    counts = rng.poisson(mu * gamma).astype(np.float32)
+    counts = nb_counts(rng, proportions * library[:, None], dispersion)
 
     block = sparse.csr_matrix(counts)
     x = sparse.csr_matrix(
@@ -140,15 +173,21 @@ def simulate_trajectory(
 
     var_program = np.full(n_genes, "unexpressed", dtype=object)
     var_program[expressed] = program
+    var_branch = np.full(n_genes, "", dtype=object)
+    var_branch[expressed] = gene_branch
     obs = pd.DataFrame(
         {
             "true_pseudotime": pseudotime,
             "time": time,
+            "branch": pd.Categorical(cell_branch.astype(str), categories=["trunk", "A", "B"]),
             "total_counts": np.asarray(x.sum(axis=1)).ravel(),
         },
         index=pd.Index([f"cell{i}" for i in range(n_cells)]),
     )
-    var = pd.DataFrame({"program": pd.Categorical(var_program)}, index=pd.Index(genes))
+    var = pd.DataFrame(
+        {"program": pd.Categorical(var_program), "branch": var_branch.astype(str)},
+        index=pd.Index(genes),
+    )
     adata = ad.AnnData(X=x, obs=obs, var=var)
     adata.uns["simulation"] = {
         "n_cells": n_cells,
@@ -161,14 +200,31 @@ def simulate_trajectory(
         "library_size_sd": library_size_sd,
         "dispersion": dispersion,
         "max_log2_fold_change": max_log2_fold_change,
+        "topology": topology,
+        "branch_point": branch_point,
     }
     return adata
 
 
-def _programs(
-    rng: np.random.Generator, n_expr: int, n_programs: int, pseudotime: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Assign each expressed gene a program; return labels and shapes f_g(t_c) in [0, 1]."""
+def nb_counts(rng: np.random.Generator, mu: np.ndarray, dispersion: float) -> np.ndarray:
+    """Negative binomial counts of mean ``mu``, variance ``mu + dispersion * mu**2``, as float32.
+
+    Drawn as a Poisson-gamma mixture: :math:`x \\sim \\mathrm{Poisson}(\\mu\\lambda)`,
+    :math:`\\lambda \\sim \\Gamma(1/\\phi, \\phi)`.
+    """
+    gamma = rng.gamma(1.0 / dispersion, dispersion, size=mu.shape)
+    return rng.poisson(mu * gamma).astype(np.float32)
+
+
+def _late_peaks(n_programs: int, branch_point: float) -> list[str]:
+    """Transient programs peaking after the branch point."""
+    return [f"peak{p}" for p in range(n_programs) if (p + 0.5) / n_programs > branch_point]
+
+
+def _program_params(
+    rng: np.random.Generator, n_expr: int, n_programs: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Assign each expressed gene a program and draw its shape parameters."""
     n_house = round(_HOUSEKEEPING_SHARE * n_expr)
     n_rise = round(_RISING_SHARE * n_expr)
     n_fall = round(_FALLING_SHARE * n_expr)
@@ -185,19 +241,33 @@ def _programs(
         dtype=object,
     )
     # Shuffle so that program membership is unrelated to the gene's position in the vocabulary.
-    labels = labels[rng.permutation(n_expr)]
+    labels = labels[rng.permutation(n_expr)].astype(str)
 
+    params: dict[str, np.ndarray] = {"n_programs": np.array(n_programs)}
+    for kind in ("rising", "falling"):
+        size = int((labels == kind).sum())
+        # Steps sit inside the trajectory so every one is visible in the data.
+        params[f"{kind}_midpoint"] = rng.uniform(0.2, 0.8, size)
+        params[f"{kind}_width"] = rng.uniform(0.05, 0.15, size)
+    for p in range(n_programs):
+        size = int((labels == f"peak{p}").sum())
+        params[f"peak{p}_width"] = rng.uniform(0.6, 1.0, size) * 0.5 / n_programs
+    return labels, params
+
+
+def _program_shape(
+    labels: np.ndarray, params: dict[str, np.ndarray], pseudotime: np.ndarray
+) -> np.ndarray:
+    """Shapes f_g(t_c) in [0, 1], cells x expressed genes (housekeeping stays 0)."""
     t = pseudotime[:, None]
-    shape = np.zeros((pseudotime.size, n_expr))
+    shape = np.zeros((pseudotime.size, labels.size))
     for kind, sign in (("rising", 1.0), ("falling", -1.0)):
         idx = np.flatnonzero(labels == kind)
-        # Steps sit inside the trajectory so every one is visible in the data.
-        midpoint = rng.uniform(0.2, 0.8, idx.size)
-        width = rng.uniform(0.05, 0.15, idx.size)
+        midpoint, width = params[f"{kind}_midpoint"], params[f"{kind}_width"]
         shape[:, idx] = 1.0 / (1.0 + np.exp(-sign * (t - midpoint) / width))
+    n_programs = int(params["n_programs"])
     for p in range(n_programs):
         idx = np.flatnonzero(labels == f"peak{p}")
         centre = (p + 0.5) / n_programs
-        width = rng.uniform(0.6, 1.0, idx.size) * 0.5 / n_programs
-        shape[:, idx] = np.exp(-0.5 * ((t - centre) / width) ** 2)
-    return labels.astype(str), shape
+        shape[:, idx] = np.exp(-0.5 * ((t - centre) / params[f"peak{p}_width"]) ** 2)
+    return shape

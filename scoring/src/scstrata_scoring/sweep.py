@@ -1,8 +1,27 @@
-"""Layer sweeps: pull every layer's embedding from the service, score each, name the best."""
+"""Layer sweeps: score every layer of every model and the baselines, with intervals and nulls.
+
+A sweep returns a :class:`SweepResult`: a tidy score table with columns
+:data:`SCORE_COLUMNS` and a summary with one row per model, task and context naming the best
+layer and its paired-bootstrap gain over the final layer
+(:data:`~scstrata_scoring.summary.SUMMARY_COLUMNS`, :func:`~scstrata_scoring.summary.summarise`).
+
+Conventions of the score table:
+
+* ``depth = layer / n_layers`` (0 = input embedding, 1 = last block);
+* baselines are rows with ``model`` = ``"baseline:pca"`` or ``"baseline:expression"`` and
+  ``layer`` / ``depth`` empty (NaN);
+* ``ci_low`` / ``ci_high``: 95 % percentile bootstrap interval (cells for the trajectory task,
+  perturbations for the perturbation task), empty when undefined (proxies, p-values);
+* ``null_z``: z-score against the permutation null (perturbation ``rsa_spearman`` only);
+* metrics ``effective_rank`` and ``matrix_entropy`` are the label-free proxies of each layer
+  (not of baselines), computed on the cells of the context.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
@@ -10,140 +29,250 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .trajectory import reference_pseudotime, trajectory_scores
+from .baselines import BASELINE_EXPRESSION, BASELINE_PCA, expression_matrix, log_normalise
+from .baselines import hvg_pca as _hvg_pca
+from .perturbation import (
+    Centre,
+    embedding_similarity,
+    null_z,
+    permutation_null,
+    permutation_p_value,
+    perturbation_reference,
+    rsa_bootstrap,
+    rsa_score,
+)
+from .proxies import effective_rank, matrix_entropy
+from .resample import bootstrap_indices, percentile_interval
+from .summary import summarise
+from .trajectory import trajectory_evidence, trajectory_reference, trajectory_statistics
 
-__all__ = [
-    "SCORE_COLUMNS",
-    "best_layer",
-    "card_field",
-    "model_card",
-    "pull_layers",
-    "score_layers",
-]
+__all__ = ["SCORE_COLUMNS", "LayerSet", "SweepResult", "score_perturbation", "score_trajectory"]
+
+logger = logging.getLogger(__name__)
 
 #: Columns of the tidy score table, in order.
-SCORE_COLUMNS = ["model", "layer", "depth", "metric", "value"]
+SCORE_COLUMNS = [
+    "model",
+    "layer",
+    "depth",
+    "task",
+    "context",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "null_z",
+]
 
 
-def score_layers(
-    layer_embeddings: Mapping[int, np.ndarray],
+@dataclass(frozen=True)
+class LayerSet:
+    """One model's per-layer embeddings: ``{layer: (cells, dim)}`` and its block count."""
+
+    model: str
+    n_layers: int
+    embeddings: Mapping[int, np.ndarray]
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 1:
+            raise ValueError(f"{self.model}: n_layers must be >= 1, got {self.n_layers}")
+
+
+@dataclass
+class SweepResult:
+    """A sweep's tidy ``scores`` and per model/task/context ``summary``."""
+
+    scores: pd.DataFrame
+    summary: pd.DataFrame
+
+
+@dataclass
+class _Collector:
+    """Rows of the score table, and the bootstrap draws behind them (for paired gains)."""
+
+    task: str
+    rows: list[tuple] = field(default_factory=list)
+    draws: dict[tuple, np.ndarray] = field(default_factory=dict)
+
+    def add(self, rep: _Rep, context: str, metric: str, value: float, draws=None, z=np.nan):
+        low, high = percentile_interval(draws) if draws is not None else (np.nan, np.nan)
+        layer = np.nan if rep.layer is None else rep.layer
+        self.rows.append(
+            (rep.model, layer, rep.depth, self.task, context, metric, value, low, high, z)
+        )
+        if draws is not None:
+            self.draws[(rep.model, rep.layer, context, metric)] = np.asarray(draws)
+
+    def result(self) -> SweepResult:
+        scores = pd.DataFrame(self.rows, columns=SCORE_COLUMNS)
+        scores["layer"] = scores["layer"].astype("Int64")
+        return SweepResult(scores, summarise(scores, self.draws))
+
+
+@dataclass(frozen=True)
+class _Rep:
+    model: str
+    layer: int | None
+    depth: float
+    embedding: Any  # (cells, dim): dense, or sparse for the expression baseline
+
+
+def score_trajectory(
+    layer_sets: Iterable[LayerSet],
     adata: ad.AnnData,
     time_key: str,
-    n_layers: int,
-    model: str,
     *,
+    baselines: bool = True,
+    n_boot: int = 500,
+    seed: int = 0,
+    n_top_genes: int = 2500,
+    n_pcs: int = 50,
     n_neighbors: int = 30,
+    k_overlap: int = 30,
+    k_alignment: int = 15,
+    context: str = "all",
     progress: bool = True,
-) -> pd.DataFrame:
-    """Trajectory scores of every layer, as a tidy table.
+) -> SweepResult:
+    """Trajectory scores of every layer of every model, and of the baselines.
 
-    The reference pseudotime (:func:`~scstrata_scoring.trajectory.reference_pseudotime` of
-    ``adata`` rooted by ``adata.obs[time_key]``) is computed once and shared by all layers.
-    Rows of every embedding must be the cells of ``adata`` in obs order.
+    The reference (:func:`~scstrata_scoring.trajectory.trajectory_reference`) is computed once
+    from ``adata`` (raw counts in ``X``, every cell with ``obs[time_key]``). Rows of every
+    embedding must be the cells of ``adata`` in obs order. Metrics: ``dpt_spearman`` (main),
+    ``time_spearman``, ``neighbourhood_overlap``, ``sequential_alignment``,
+    ``dpt_unreachable_fraction`` and the proxies. Bootstrap: ``n_boot`` resamples of cells,
+    seeded by ``seed``, shared by all rows.
 
-    Returns
-    -------
-    One row per (layer, metric) with columns ``model, layer, depth, metric, value``, where
-    ``depth = layer / n_layers`` (0 = input embedding, 1 = last block), sorted by layer.
+    ``baseline:pca`` is the reference's own representation, so its ``dpt_spearman`` and
+    ``neighbourhood_overlap`` are 1 by construction (a ceiling, not a competitor).
     """
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-    embeddings = {int(k): np.asarray(v) for k, v in layer_embeddings.items()}
-    # Check every layer before the (slow) reference, so a wrong input fails at once.
-    for layer, embedding in embeddings.items():
-        if embedding.ndim != 2 or embedding.shape[0] != adata.n_obs:
-            raise ValueError(
-                f"layer {layer}: embedding has shape {embedding.shape}, expected "
-                f"({adata.n_obs}, dim) rows = cells of adata"
-            )
-    reference, root = reference_pseudotime(adata, time_key, n_neighbors=n_neighbors)
-    time = adata.obs[time_key]
-    rows = []
-    for layer in tqdm(sorted(embeddings), desc=f"scoring {model}", disable=not progress):
-        embedding = embeddings[layer]
-        scores = trajectory_scores(embedding, reference, root, time=time, n_neighbors=n_neighbors)
-        rows.extend(
-            (model, layer, layer / n_layers, metric, value) for metric, value in scores.items()
+    reps = _layer_reps(layer_sets, adata.n_obs)
+    ref = trajectory_reference(
+        adata,
+        time_key,
+        n_top_genes=n_top_genes,
+        n_pcs=n_pcs,
+        n_neighbors=n_neighbors,
+        k_overlap=k_overlap,
+    )
+    if baselines:
+        reps.append(_Rep(BASELINE_PCA, None, np.nan, ref.pca))
+        reps.append(
+            _Rep(BASELINE_EXPRESSION, None, np.nan, expression_matrix(log_normalise(adata)))
         )
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    idx = bootstrap_indices(ref.n_cells, n_boot, np.random.default_rng([seed, 0]))
+    out = _Collector("trajectory")
+    for rep in tqdm(reps, desc="trajectory", disable=not progress):
+        evidence = trajectory_evidence(rep.embedding, ref, n_neighbors, k_alignment)
+        full = trajectory_statistics(evidence, ref)
+        boot = trajectory_statistics(evidence, ref, idx)
+        for metric, value in full.items():
+            out.add(rep, context, metric, float(value[0]), boot[metric])
+        _add_proxies(out, rep, context, rep.embedding)
+    return out.result()
 
 
-def best_layer(
-    df: pd.DataFrame, metric: str = "dpt_spearman", model: str | None = None
-) -> dict[str, Any]:
-    """The layer with the highest ``metric`` and its gain over the final layer.
-
-    The final layer is the one at depth 1 (``layer == n_layers``); when the table has none, the
-    deepest layer present stands in for it. Gains are ``best - final`` (``gain``) and
-    ``100 * (best - final) / |final|`` (``gain_pct``, NaN when the final score is 0).
-    ``model`` picks one model from a table holding several; ties go to the shallower layer.
-
-    Returns
-    -------
-    ``{"model", "metric", "best_layer", "best_depth", "best_score", "final_layer",
-    "final_score", "gain", "gain_pct"}``.
-    """
-    rows = df[df["metric"] == metric]
-    models = rows["model"].unique()
-    if model is None:
-        if len(models) != 1:
-            raise ValueError(f"table holds models {list(models)}; pass model=")
-        model = str(models[0])
-    rows = rows[(rows["model"] == model) & rows["value"].notna()]
-    if rows.empty:
-        raise ValueError(f"no {metric!r} scores for model {model!r}")
-    rows = rows.sort_values("layer", kind="stable")
-    # argmax returns the first maximum, so after sorting by layer ties go to the shallower one.
-    best = rows.iloc[int(np.argmax(rows["value"].to_numpy()))]
-    at_depth_one = rows[np.isclose(rows["depth"], 1.0)]
-    final = at_depth_one.iloc[-1] if len(at_depth_one) else rows.iloc[-1]
-    gain = float(best["value"] - final["value"])
-    return {
-        "model": model,
-        "metric": metric,
-        "best_layer": int(best["layer"]),
-        "best_depth": float(best["depth"]),
-        "best_score": float(best["value"]),
-        "final_layer": int(final["layer"]),
-        "final_score": float(final["value"]),
-        "gain": gain,
-        "gain_pct": 100.0 * gain / abs(final["value"]) if final["value"] != 0 else float("nan"),
-    }
-
-
-def card_field(card: Any, field: str) -> Any:
-    """A model card's field, whether the card is a pydantic/dataclass object or a dict."""
-    if isinstance(card, Mapping):
-        return card[field]
-    return getattr(card, field)
-
-
-def model_card(url: str, model: str) -> Any:
-    """The card of ``model`` from the service's ``GET /models``."""
-    from scstrata_client import Client  # lazy: the client is optional for offline scoring
-
-    cards = Client(url).models()
-    for card in cards:
-        if card_field(card, "name") == model:
-            return card
-    names = [card_field(c, "name") for c in cards]
-    raise ValueError(f"model {model!r} is not served at {url}; served models: {names}")
-
-
-def pull_layers(
-    url: str,
-    model: str,
+def score_perturbation(
+    layer_sets: Iterable[LayerSet],
     adata: ad.AnnData,
-    layers: int | Sequence[int] | str = "all",
-    pooling: str = "official",
-) -> dict[int, np.ndarray]:
-    """Embeddings of ``adata``'s cells at ``layers`` of ``model``, via the service at ``url``.
+    perturbation_key: str = "perturbation",
+    state_key: str | None = "state",
+    control: str = "non-targeting",
+    *,
+    baselines: bool = True,
+    min_cells: int = 5,
+    n_top_genes: int = 500,
+    n_permutations: int = 100,
+    n_boot: int = 500,
+    seed: int = 0,
+    centre: Centre = "none",
+    n_hvg: int = 2500,
+    n_pcs: int = 50,
+    progress: bool = True,
+) -> SweepResult:
+    """Perturbation RSA of every layer of every model and of the baselines, per state.
 
-    ``layers`` follows the service: an index, a list of indices (negatives count from the
-    end) or ``"all"``. Returns ``{layer index 0..L: array (n_cells, dim)}``, rows in obs order.
+    Each value of ``obs[state_key]`` is a context (all cells form context ``"all"`` when
+    ``state_key`` is None); a context needs at least 3 perturbations with ``min_cells``
+    cells and 2 control cells, or it is skipped with a warning. Per context: the reference
+    (:func:`~scstrata_scoring.perturbation.perturbation_reference`, top ``n_top_genes`` genes
+    by Welch t), ``rsa_spearman`` with a bootstrap interval over perturbations (``n_boot``)
+    and the z-score against ``n_permutations`` label shuffles (``null_z``), plus its
+    permutation p-value as metric ``rsa_p_value``, and the proxies. Permutations and
+    resamples are seeded by ``seed`` and shared by every row of a context.
     """
-    from scstrata_client import Client  # lazy: the client is optional for offline scoring
+    reps = _layer_reps(layer_sets, adata.n_obs)
+    lognorm = log_normalise(adata)
+    if baselines:
+        reps.append(_Rep(BASELINE_PCA, None, np.nan, _hvg_pca(lognorm, n_hvg, n_pcs)))
+        # Kept sparse: only per-perturbation means are ever taken of it.
+        reps.append(_Rep(BASELINE_EXPRESSION, None, np.nan, lognorm.X))
+    labels = adata.obs[perturbation_key].astype(str).to_numpy()
+    contexts = _contexts(adata, state_key)
+    out = _Collector("perturbation")
+    for i, (context, mask) in enumerate(contexts):
+        lab = labels[mask]
+        try:
+            ref = perturbation_reference(
+                lognorm.X[mask], lab, control, lognorm.var_names, min_cells, n_top_genes
+            )
+        except ValueError as err:
+            logger.warning("perturbation: context %r skipped: %s", context, err)
+            continue
+        perts = ref.perturbations
+        if len(perts) < 3:
+            logger.warning(
+                "perturbation: context %r skipped: %d perturbations with >= %d cells (need 3)",
+                context,
+                len(perts),
+                min_cells,
+            )
+            continue
+        n_member = int(np.isin(lab, perts).sum())
+        perm_rng = np.random.default_rng([seed, i, 1])
+        perms = np.array([perm_rng.permutation(n_member) for _ in range(n_permutations)])
+        idx = bootstrap_indices(len(perts), n_boot, np.random.default_rng([seed, i, 0]))
+        for rep in tqdm(reps, desc=f"perturbation {context}", disable=not progress):
+            emb = rep.embedding[mask]
+            sim = embedding_similarity(emb, lab, perts, control, centre)
+            value = rsa_score(sim, ref.similarity)
+            null = permutation_null(emb, lab, perts, ref.similarity, perms, control, centre)
+            draws = rsa_bootstrap(sim, ref.similarity, idx)
+            out.add(rep, context, "rsa_spearman", value, draws, null_z(value, null))
+            out.add(rep, context, "rsa_p_value", permutation_p_value(value, null))
+            _add_proxies(out, rep, context, emb)
+    return out.result()
 
-    result = Client(url).embed(adata, model=model, layers=layers, pooling=pooling)
-    # JSON object keys may survive as strings; the table wants integer layers.
-    return {int(k): np.asarray(v) for k, v in result.items()}
+
+def _add_proxies(out: _Collector, rep: _Rep, context: str, embedding: np.ndarray) -> None:
+    if rep.layer is None:
+        return  # proxies rank a model's layers; baselines have none
+    out.add(rep, context, "effective_rank", effective_rank(embedding))
+    out.add(rep, context, "matrix_entropy", matrix_entropy(embedding))
+
+
+def _layer_reps(layer_sets: Iterable[LayerSet], n_cells: int) -> list[_Rep]:
+    """Every layer as a representation; checks shapes before any slow step."""
+    reps = []
+    for layer_set in layer_sets:
+        for layer in sorted(int(k) for k in layer_set.embeddings):
+            emb = np.asarray(layer_set.embeddings[layer])
+            if emb.ndim != 2 or emb.shape[0] != n_cells:
+                raise ValueError(
+                    f"{layer_set.model} layer {layer}: embedding has shape {emb.shape}, "
+                    f"expected ({n_cells}, dim) rows = cells of adata"
+                )
+            reps.append(_Rep(layer_set.model, layer, layer / layer_set.n_layers, emb))
+    return reps
+
+
+def _contexts(adata: ad.AnnData, state_key: str | None) -> list[tuple[str, np.ndarray]]:
+    """``(state, cell mask)`` per state, in category order (else order of appearance)."""
+    if state_key is None:
+        return [("all", np.ones(adata.n_obs, dtype=bool))]
+    states = adata.obs[state_key]
+    if isinstance(states.dtype, pd.CategoricalDtype):
+        order: Sequence = [c for c in states.cat.categories if (states == c).any()]
+    else:
+        order = list(pd.unique(states.dropna()))
+    values = states.astype(object).to_numpy()
+    return [(str(s), values == s) for s in order]

@@ -1,10 +1,14 @@
-"""Trajectory score: does a layer's embedding order cells along the same pseudotime?
+"""Trajectory scores: does a layer's embedding order cells along the same pseudotime?
 
 Following the layer study this package reproduces: the reference is diffusion pseudotime
 (DPT; Haghverdi et al. 2016, *Nat. Methods* 13:845) on the PCA of log-normalised highly
-variable genes, rooted at the first cell of the earliest time point. Each layer gets DPT on a
-kNN graph of its own embedding, from the same root, and is scored by Spearman's rank
-correlation with the reference (and with the observed time points, where the data have them).
+variable genes (2,500 HVGs, 50 PCs, 30 neighbours), rooted at the first cell of the earliest
+time point. Each layer gets DPT on a kNN graph of its own embedding, from the same root, and
+is scored by Spearman's rank correlation with the reference (``dpt_spearman``) and with the
+observed time points (``time_spearman``). Two graph-level scores need no pseudotime:
+``neighbourhood_overlap`` (how many of a cell's k=30 neighbours in the layer are also its
+neighbours in the reference PCA) and cz-benchmarks' ``sequential_alignment`` (do a cell's
+k=15 neighbours carry time labels close to its own, against random cells).
 
 Cells that DPT cannot reach from the root (another connected component of the kNN graph) get
 an infinite pseudotime from scanpy. Here they are **ranked last**: all of them tie at a rank
@@ -12,27 +16,65 @@ above every reachable cell. This keeps every cell in every correlation, so layer
 on the same cells, and a layer whose graph falls apart is penalised rather than scored on the
 easy remainder. The fraction of such cells is reported as ``dpt_unreachable_fraction`` so the
 penalty stays visible.
+
+Bootstrap intervals resample cells and recompute each score from per-cell quantities (the two
+pseudotimes, per-cell overlaps and label distances); the kNN graphs and DPT are computed once
+on all cells, since a resample with duplicated cells has no meaningful kNN graph.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import stats
+
+from .baselines import hvg_pca, log_normalise
+from .neighbours import (
+    alignment_score,
+    check_embedding,
+    knn_indices,
+    neighbourhood_overlap,
+    neighbourhood_overlap_per_cell,
+    random_label_distance,
+    sequential_alignment,
+    sequential_alignment_distances,
+)
+from .resample import rowwise_spearman
 
 __all__ = [
+    "TRAJECTORY_METRICS",
+    "TrajectoryEvidence",
+    "TrajectoryReference",
     "embedding_pseudotime",
+    "knn_indices",
+    "neighbourhood_overlap",
+    "neighbourhood_overlap_per_cell",
+    "random_label_distance",
     "rank_unreachable_last",
     "reference_pseudotime",
     "root_cell",
+    "sequential_alignment",
+    "sequential_alignment_distances",
     "time_values",
+    "trajectory_evidence",
+    "trajectory_reference",
     "trajectory_scores",
+    "trajectory_statistics",
 ]
+
+#: Metrics of the trajectory task, main score first.
+TRAJECTORY_METRICS = (
+    "dpt_spearman",
+    "time_spearman",
+    "neighbourhood_overlap",
+    "sequential_alignment",
+    "dpt_unreachable_fraction",
+)
 
 # scanpy's defaults; named here because both the reference and every layer must use the same.
 _N_DIFFMAP_COMPS = 15
@@ -71,6 +113,54 @@ def root_cell(time_labels: Sequence | pd.Series | np.ndarray) -> int:
     return int(np.flatnonzero(values == earliest)[0])
 
 
+@dataclass(frozen=True)
+class TrajectoryReference:
+    """What every layer of one data set is compared with.
+
+    ``pseudotime``: reference DPT per cell (``inf`` if unreachable); ``root``: its root cell;
+    ``pca``: the representation it was computed on (also the ``baseline:pca``); ``time``:
+    observed time labels as floats; ``knn``: each cell's ``k`` nearest neighbours in ``pca``.
+    """
+
+    pseudotime: np.ndarray
+    root: int
+    pca: np.ndarray
+    time: np.ndarray
+    knn: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.pseudotime.size)
+
+
+def trajectory_reference(
+    adata: ad.AnnData,
+    time_key: str,
+    n_top_genes: int = 2500,
+    n_pcs: int = 50,
+    n_neighbors: int = 30,
+    k_overlap: int = 30,
+) -> TrajectoryReference:
+    """The reference of the trajectory task for ``adata`` (raw counts in ``X``).
+
+    :func:`~scstrata_scoring.baselines.log_normalise` (10,000 counts per cell, ``log1p``,
+    detected genes), :func:`~scstrata_scoring.baselines.hvg_pca` (``n_top_genes`` HVGs of
+    flavour ``"seurat"``, ``n_pcs`` unscaled PCs), a kNN graph with ``n_neighbors``, a
+    diffusion map, and DPT from :func:`root_cell` of ``adata.obs[time_key]``. Every cell needs
+    a time label (drop the others first, as :func:`~scstrata_scoring.data.read_trajectory`
+    does).
+    """
+    time = time_values(adata.obs[time_key])
+    if np.isnan(time).any():
+        raise ValueError(
+            f"obs[{time_key!r}] is missing for {int(np.isnan(time).sum())} cells; drop them first"
+        )
+    root = root_cell(adata.obs[time_key])
+    pca = hvg_pca(log_normalise(adata), n_top_genes=n_top_genes, n_pcs=n_pcs)
+    pseudotime = _dpt(pca, root, n_neighbors)
+    return TrajectoryReference(pseudotime, root, pca, time, knn_indices(pca, k_overlap))
+
+
 def reference_pseudotime(
     adata: ad.AnnData,
     time_key: str,
@@ -78,42 +168,15 @@ def reference_pseudotime(
     n_pcs: int = 50,
     n_neighbors: int = 30,
 ) -> tuple[np.ndarray, int]:
-    """Diffusion pseudotime of the expression data, the reference for every layer.
+    """Reference DPT and its root, as in :func:`trajectory_reference` (which see).
 
-    Steps, on a copy of ``adata`` (``adata.X`` must hold raw counts):
-    ``normalize_total`` to 10,000 counts per cell, ``log1p``, the ``n_top_genes`` most variable
-    genes (scanpy flavour ``"seurat"``, among genes detected in at least one cell), PCA with
-    ``n_pcs`` components (unscaled, as in the study), a kNN graph with ``n_neighbors``
-    neighbours on the PCA, a diffusion map, and DPT from :func:`root_cell` of
-    ``adata.obs[time_key]``. ``n_top_genes``, ``n_pcs`` and ``n_neighbors`` are clipped to
-    what the data allow.
-
-    Returns
-    -------
-    The pseudotime per cell (in obs order; ``inf`` for cells unreachable from the root) and the
-    root's index.
+    Unlike :func:`trajectory_reference`, cells without a time label are allowed (they are
+    never the root). Returns the pseudotime per cell in obs order (``inf`` for cells
+    unreachable from the root) and the root's index.
     """
     root = root_cell(adata.obs[time_key])
-    norm = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names.copy()))
-    norm.var_names = adata.var_names.copy()
-    sc.pp.normalize_total(norm, target_sum=1e4)
-    sc.pp.log1p(norm)
-    # A gene never detected has no dispersion to rank, so it cannot be "highly variable".
-    detected = np.asarray((norm.X != 0).sum(axis=0)).ravel() > 0
-    if not detected.any():
-        raise ValueError("adata.X has no non-zero value; cannot compute a reference")
-    norm = norm[:, detected].copy()
-    n_hvg = min(n_top_genes, norm.n_vars)
-    if n_hvg < norm.n_vars:
-        sc.pp.highly_variable_genes(norm, flavor="seurat", n_top_genes=n_hvg)
-        norm = norm[:, norm.var["highly_variable"].to_numpy()].copy()
-    n_comps = min(n_pcs, min(norm.n_obs, norm.n_vars) - 1)
-    if n_comps < 1:
-        raise ValueError(f"need at least 2 cells and 2 genes for a PCA, got {norm.shape}")
-    # arpack is deterministic for a fixed start vector, which scanpy draws from random_state;
-    # on sparse input it centres implicitly, so the matrix is never densified.
-    pca = sc.pp.pca(norm.X, n_comps=n_comps, random_state=_RANDOM_STATE, svd_solver="arpack")
-    return _dpt(np.asarray(pca, dtype=np.float64), root, n_neighbors), root
+    pca = hvg_pca(log_normalise(adata), n_top_genes=n_top_genes, n_pcs=n_pcs)
+    return _dpt(pca, root, n_neighbors), root
 
 
 def embedding_pseudotime(embedding: np.ndarray, root: int, n_neighbors: int = 30) -> np.ndarray:
@@ -121,11 +184,7 @@ def embedding_pseudotime(embedding: np.ndarray, root: int, n_neighbors: int = 30
 
     Returns the pseudotime per row, ``inf`` for rows unreachable from the root.
     """
-    emb = np.asarray(embedding, dtype=np.float64)
-    if emb.ndim != 2:
-        raise ValueError(f"embedding must be 2-D (cells x dims), got shape {emb.shape}")
-    if not np.isfinite(emb).all():
-        raise ValueError("embedding contains NaN or inf")
+    emb = check_embedding(embedding)
     if not 0 <= root < emb.shape[0]:
         raise ValueError(f"root {root} is out of range for {emb.shape[0]} cells")
     return _dpt(emb, root, n_neighbors)
@@ -140,19 +199,82 @@ def rank_unreachable_last(pseudotime: np.ndarray) -> np.ndarray:
     return pt
 
 
+@dataclass(frozen=True)
+class TrajectoryEvidence:
+    """Per-cell quantities of one representation, from which every trajectory score follows.
+
+    ``pseudotime``: its DPT from the reference root (``inf`` if unreachable); ``overlap``: per
+    cell neighbourhood overlap with the reference; ``alignment``: per cell mean label distance
+    to its neighbours (:func:`sequential_alignment_distances`).
+    """
+
+    pseudotime: np.ndarray
+    overlap: np.ndarray
+    alignment: np.ndarray
+
+
+def trajectory_evidence(
+    embedding: np.ndarray,
+    reference: TrajectoryReference,
+    n_neighbors: int = 30,
+    k_alignment: int = 15,
+) -> TrajectoryEvidence:
+    """DPT, kNN overlap and label distances of ``embedding`` against ``reference``."""
+    emb = check_embedding(embedding)
+    if emb.shape[0] != reference.n_cells:
+        raise ValueError(f"embedding has {emb.shape[0]} cells, reference {reference.n_cells}")
+    return TrajectoryEvidence(
+        pseudotime=_dpt(emb, reference.root, n_neighbors),
+        overlap=neighbourhood_overlap_per_cell(emb, reference.knn),
+        alignment=sequential_alignment_distances(emb, reference.time, k_alignment),
+    )
+
+
+def trajectory_statistics(
+    evidence: TrajectoryEvidence, reference: TrajectoryReference, idx: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Every trajectory score on the cells ``idx`` (rows of resampled indices), vectorised.
+
+    ``idx`` is ``(n_draws, n)``; ``None`` means all cells once. Each score is an array with one
+    value per row. Definitions: see :data:`TRAJECTORY_METRICS` and the module docstring;
+    unreachable cells are ranked last (:func:`rank_unreachable_last`).
+    """
+    if idx is None:
+        idx = np.arange(reference.n_cells)[None, :]
+    layer_pt = rank_unreachable_last(evidence.pseudotime)
+    ref_pt = rank_unreachable_last(reference.pseudotime)
+    d = evidence.alignment[idx].mean(axis=1)
+    d_random = np.atleast_1d(random_label_distance(reference.time[idx]))
+    return {
+        "dpt_spearman": rowwise_spearman(layer_pt[idx], ref_pt[idx]),
+        "time_spearman": rowwise_spearman(layer_pt[idx], reference.time[idx]),
+        "neighbourhood_overlap": evidence.overlap[idx].mean(axis=1),
+        "sequential_alignment": alignment_score(d, d_random),
+        "dpt_unreachable_fraction": (~np.isfinite(evidence.pseudotime))[idx].mean(axis=1),
+    }
+
+
 def trajectory_scores(
     embedding: np.ndarray,
     reference_pt: np.ndarray,
     root: int,
     time: Sequence | np.ndarray | pd.Series | None = None,
     n_neighbors: int = 30,
+    *,
+    reference_rep: np.ndarray | None = None,
+    k_overlap: int = 30,
+    k_alignment: int = 15,
 ) -> dict[str, float]:
-    """Score how well ``embedding`` recovers the reference trajectory.
+    """Score how well ``embedding`` recovers the reference trajectory (point estimates).
 
     * ``dpt_spearman``: Spearman's :math:`\\rho` between the embedding's DPT (from ``root``)
       and ``reference_pt``.
     * ``time_spearman`` (only when ``time`` is given): Spearman's :math:`\\rho` between the
       embedding's DPT and the observed time labels, over cells with a label.
+    * ``sequential_alignment`` (only when ``time`` is given and labelled everywhere):
+      :func:`sequential_alignment` with ``k_alignment`` neighbours.
+    * ``neighbourhood_overlap`` (only when ``reference_rep`` is given):
+      :func:`neighbourhood_overlap` with ``k_overlap`` neighbours.
     * ``dpt_unreachable_fraction``: share of cells the embedding's kNN graph does not connect
       to the root.
 
@@ -175,14 +297,18 @@ def trajectory_scores(
         t = time_values(time)
         labelled = ~np.isnan(t)
         scores["time_spearman"] = _spearman(ranked[labelled], t[labelled])
+        if labelled.all():
+            scores["sequential_alignment"] = sequential_alignment(embedding, t, k_alignment)
+    if reference_rep is not None:
+        scores["neighbourhood_overlap"] = neighbourhood_overlap(embedding, reference_rep, k_overlap)
     return scores
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rho, NaN when either side is constant (no ranking to compare)."""
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if a.size < 3:
         return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
+    return float(rowwise_spearman(a[None, :], b[None, :])[0])
 
 
 def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
@@ -191,7 +317,7 @@ def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
     if n_cells < 3:
         raise ValueError(f"DPT needs at least 3 cells, got {n_cells}")
     scratch = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)))
-    scratch.obsm["X_rep"] = rep
+    scratch.obsm["X_rep"] = np.asarray(rep)
     with warnings.catch_warnings():
         # scanpy warns about the empty X of the scratch object; it is never used.
         warnings.simplefilter("ignore", UserWarning)

@@ -1,0 +1,61 @@
+"""Pull per-layer embeddings from the scstrata service through the client (and its cache)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+__all__ = ["card_field", "model_card", "pull_layers"]
+
+logger = logging.getLogger(__name__)
+
+
+def card_field(card: Any, field: str) -> Any:
+    """A model card's field, whether the card is a pydantic/dataclass object or a dict."""
+    if isinstance(card, Mapping):
+        return card[field]
+    return getattr(card, field)
+
+
+def model_card(url: str, model: str) -> Any:
+    """The card of ``model`` from the service's ``GET /models``."""
+    from scstrata_client import Client  # lazy: the client is optional for offline scoring
+
+    with Client(url) as client:
+        cards = client.models()
+    for card in cards:
+        if card_field(card, "name") == model:
+            return card
+    names = [card_field(c, "name") for c in cards]
+    raise ValueError(f"model {model!r} is not served at {url}; served models: {names}")
+
+
+def pull_layers(
+    url: str,
+    model: str,
+    adata: ad.AnnData,
+    layers: int | Sequence[int] | str = "all",
+    pooling: str = "official",
+    *,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> dict[int, np.ndarray]:
+    """Embeddings of ``adata``'s cells at ``layers`` of ``model``, via the service at ``url``.
+
+    ``layers`` follows the service: an index, a list of indices (negatives count from the
+    end) or ``"all"``. Returns ``{layer index 0..L: array (n_cells, dim)}``, rows in obs order.
+
+    Caching is the client's: each chunk's result is kept on disk under ``cache_dir`` (default
+    ``$SCSTRATA_CACHE_DIR`` or ``~/.cache/scstrata``), keyed by the chunk's data, the model
+    card, the layer and the pooling, so a rerun or an interrupted sweep does not recompute.
+    """
+    from scstrata_client import Client  # lazy: the client is optional for offline scoring
+
+    with Client(url, cache=cache, cache_dir=cache_dir) as client:
+        result = client.embed(adata, model=model, layers=layers, pooling=pooling)
+    return {int(k): np.asarray(v) for k, v in result.items()}
