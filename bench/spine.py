@@ -48,15 +48,6 @@ def fabricate(family: str, folder: Path, hidden: int, depth: int, heads: int) ->
     return folder
 
 
-def gene_names(backend) -> list[str]:
-    """The genes a backend's tokenizer knows (symbols or Ensembl ids, per family)."""
-    tokenizer = backend.tokenizer
-    for attribute in ("vocabulary", "genes"):
-        if isinstance(getattr(tokenizer, attribute, None), list):
-            return list(getattr(tokenizer, attribute))
-    return list(tokenizer.index)  # Tahoe: gene id -> token id
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="scfoundation", choices=sorted(FAMILIES))
@@ -77,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     backend = FAMILIES[args.family]("bench", folder)
     counts, genes = synthetic_cells(
-        gene_names(backend),
+        backend.known_genes(),
         args.cells,
         args.median_genes,
         args.median_genes // 4,

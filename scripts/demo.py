@@ -1,11 +1,15 @@
-"""`make demo`: the main job end to end on a laptop-sized, RANDOM-WEIGHT scFoundation.
+"""`make demo`: the main job end to end on a laptop-sized, RANDOM-WEIGHT model.
 
-1. fabricate (once, seeded) a small checkpoint in scFoundation's official layout over the
-   real 19,264-gene vocabulary — random demo weights, so the scores say nothing biological;
+1. fabricate (once, seeded) a small checkpoint in the family's official layout (default
+   scFoundation over its real 19,264-gene vocabulary) — random demo weights, so the scores
+   say nothing biological;
 2. start the service on it (`scstrata serve`, loopback);
-3. simulate a trajectory data set over the same gene symbols;
-4. sweep every layer through the client and score it (`scstrata-score trajectory`);
+3. simulate a trajectory data set over the model's own gene names;
+4. sweep every layer through the client and score it with baselines and bootstrap CIs
+   (`scstrata-score trajectory`);
 5. write the report and stop the service.
+
+    python scripts/demo.py [--family scfoundation|tahoe|geneformer] [--out demo-output]
 """
 
 from __future__ import annotations
@@ -14,70 +18,69 @@ import argparse
 import time
 from pathlib import Path
 
-import anndata as ad
-
 from scstrata_scoring.cli import main as score_main
-from scstrata_scoring.cli import read_genes
 from scstrata_scoring.simulate import simulate_trajectory
-from scstrata_service.families.scfoundation.checkpoint import CHECKPOINT_FILE, VOCABULARY_FILE
-from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+from scstrata_service.families import FAMILIES
 from scstrata_service.launcher import running_service
 
-MODEL = "scfoundation-demo"
 NOTE = (
-    "The demo model has RANDOM weights in scFoundation's real checkpoint layout: these "
-    "scores exercise the pipeline and say nothing about biology. Serve a real checkpoint "
-    "(README: 'Serving a real checkpoint') to measure a model."
+    "The demo model has RANDOM weights in the family's real checkpoint layout: these scores "
+    "exercise the pipeline and say nothing about biology. Serve a real checkpoint (README: "
+    "'Serving a real checkpoint') to measure a model."
 )
+
+
+def fabricate(family: str, folder: Path, seed: int) -> None:
+    """A small random-weight checkpoint of ``family`` in its published layout."""
+    if family == "scfoundation":
+        from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(folder, hidden=64, depth=6, heads=4, seed=seed)
+    elif family == "tahoe":
+        from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(
+            folder, d_model=64, n_layers=6, n_heads=4, vocab_genes=4000, max_length=1024, seed=seed
+        )
+    else:
+        from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(folder, hidden=64, n_layers=6, heads=4, n_genes=4000, seed=seed)
+    (folder / ".fabricated").write_text("random demo weights\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="scfoundation")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--cells", type=int, default=500)
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap draws for the CIs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out: Path = args.out
+    model = f"{args.family}-demo"
     start = time.perf_counter()
 
-    checkpoint_dir = out / "checkpoint"
-    if not (checkpoint_dir / CHECKPOINT_FILE).is_file():
-        print(
-            f"[demo] fabricating a random-weight scFoundation-layout checkpoint in {checkpoint_dir}"
-        )
-        fabricate_checkpoint(checkpoint_dir, hidden=64, depth=6, heads=4, seed=args.seed)
+    checkpoint = out / f"checkpoint-{args.family}"
+    if not (checkpoint / ".fabricated").is_file():
+        print(f"[demo] fabricating a random-weight {args.family} checkpoint in {checkpoint}")
+        fabricate(args.family, checkpoint, args.seed)
+    genes = FAMILIES[args.family]("demo", checkpoint, device="cpu").known_genes()
 
-    data = out / "trajectory.h5ad"
-    genes = read_genes(checkpoint_dir / VOCABULARY_FILE)
+    data = out / f"trajectory-{args.family}.h5ad"
     simulate_trajectory(genes, n_cells=args.cells, seed=args.seed).write_h5ad(data)
-    print(f"[demo] simulated {ad.read_h5ad(data, backed='r').n_obs} cells -> {data}")
+    print(f"[demo] simulated {args.cells} cells over {len(genes)} genes -> {data}")
 
     print("[demo] starting the service ...")
-    with running_service([f"{MODEL}=scfoundation:{checkpoint_dir}"]) as url:
+    with running_service([f"{model}={args.family}:{checkpoint}"]) as url:
         print(f"[demo] service ready at {url}; sweeping all layers")
-        code = score_main(
-            [
-                "trajectory",
-                "--url",
-                url,
-                "--model",
-                MODEL,
-                "--data",
-                str(data),
-                "--time-key",
-                "time",
-                "--layers",
-                "all",
-                "--out",
-                str(out / "report"),
-                "--note",
-                NOTE,
-            ]
-        )
-    print(
-        f"[demo] service stopped; report: {out / 'report' / 'report.html'} "
-        f"({time.perf_counter() - start:.0f} s)"
-    )
+        code = score_main([
+            "trajectory", "--url", url, "--model", model, "--data", str(data),
+            "--time-key", "time", "--layers", "all", "--n-boot", str(args.n_boot),
+            "--out", str(out / f"report-{args.family}"), "--note", NOTE,
+        ])  # fmt: skip
+    report = out / f"report-{args.family}" / "report.html"
+    print(f"[demo] service stopped; report: {report} ({time.perf_counter() - start:.0f} s)")
     return code
 
 

@@ -88,6 +88,10 @@ class ModelBackend(abc.ABC):
     card: ModelCard
 
     @abc.abstractmethod
+    def known_genes(self) -> list[str]:
+        """The gene names the model's vocabulary maps (symbols or Ensembl ids, per card)."""
+
+    @abc.abstractmethod
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
     ) -> None:

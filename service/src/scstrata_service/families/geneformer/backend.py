@@ -132,6 +132,9 @@ class GeneformerBackend(ModelBackend):
         )
         return cls(card, encoder, tokenizer, torch_device, max_tokens, attention)
 
+    def known_genes(self) -> list[str]:
+        return list(self.tokenizer.genes)
+
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
     ) -> None:

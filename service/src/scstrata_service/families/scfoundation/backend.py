@@ -85,6 +85,9 @@ class ScFoundationBackend(ModelBackend):
             card, encoder, ScFoundationTokenizer(vocabulary), torch_device, max_tokens, attention
         )
 
+    def known_genes(self) -> list[str]:
+        return list(self.tokenizer.vocabulary)
+
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
     ) -> None:

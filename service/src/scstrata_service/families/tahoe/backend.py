@@ -80,6 +80,9 @@ class TahoeBackend(ModelBackend):
         card = build_card(name, ckpt, tokenizer)
         return cls(card, encoder, tokenizer, torch_device, max_tokens, attention)
 
+    def known_genes(self) -> list[str]:
+        return list(self.tokenizer.index)
+
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
     ) -> None:
