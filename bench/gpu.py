@@ -7,7 +7,8 @@ to [200, 6000]; on CPU a reduced size with the same fields. It measures, in one 
 - the service backend in-process on packed cells: cells/s and share of that peak,
 - the same cells through the HTTP service on loopback (concurrent client chunks),
 - length-sorted padded batches (masked SDPA) with their padding share,
-- the official-style per-cell fp32 path (one cell at a time, torch's encoder layer).
+- the official-style per-cell fp32 path (one cell at a time, torch's encoder layer),
+- a Tahoe-X1 1.3B-shaped model (random weights) on packed cells.
 
     python bench/gpu.py            # sizes chosen by device
     python bench/gpu.py --cells 64 --hidden 128 --depth 4 --heads 4   # any size
@@ -38,6 +39,41 @@ from scstrata_service.packing import pick_device, plan_batches
 
 GPU_SIZE = dict(cells=512, median=2000, low=200, high=6000, hidden=768, depth=12, heads=12)
 CPU_SIZE = dict(cells=96, median=300, low=40, high=900, hidden=128, depth=4, heads=4)
+# Tahoe-X1 1.3B's published shape (2048 wide, 24 blocks, 16 heads, context 2048) on CUDA;
+# a reduced shape on CPU. Random weights either way.
+TAHOE_GPU = dict(cells=128, median=1500, low=200, high=2047, hidden=2048, depth=24, heads=16)
+TAHOE_CPU = dict(cells=48, median=300, low=40, high=900, hidden=128, depth=4, heads=4)
+
+
+def tahoe_packed(device: torch.device, peak: float) -> dict:
+    """Packed in-process throughput of a Tahoe-X1-shaped model (the study's 1.3B on CUDA)."""
+    from scstrata_service.families.tahoe.backend import TahoeBackend
+    from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint as fabricate_tahoe
+
+    size = TAHOE_GPU if device.type == "cuda" else TAHOE_CPU
+    folder = Path(tempfile.mkdtemp(prefix="scstrata-bench-tahoe-"))
+    fabricate_tahoe(
+        folder,
+        d_model=size["hidden"],
+        n_layers=size["depth"],
+        n_heads=size["heads"],
+        vocab_genes=8000,
+        max_length=2048,
+    )
+    backend = TahoeBackend.load("tahoe-bench", folder)
+    counts, genes = synthetic_cells(
+        backend.known_genes(), size["cells"], size["median"], size["low"], size["high"]
+    )
+    cells = backend.tokenize(counts, genes, {})
+    flops = flops_per_cell(cells.lengths, size["hidden"], size["depth"]).sum()
+    seconds = best_time(lambda: backend.embed(cells, [size["depth"]], ["official"]), device)
+    return {
+        "model": {k: size[k] for k in ("hidden", "depth", "heads")},
+        "cells": size["cells"],
+        "tokens_per_cell_median": float(np.median(cells.lengths)),
+        "cells_per_s": round(size["cells"] / seconds, 2),
+        "share_of_peak": round(flops / seconds / 1e12 / peak, 4),
+    }
 
 
 def padded_pass(backend: ScFoundationBackend, cells, max_tokens: int) -> tuple[float, float]:
@@ -136,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--baseline-cells", type=int, default=32)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-tahoe", action="store_true")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -197,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
             "share_of_peak": round(http / args.cells * flops / 1e12 / peak, 4),
         }
         report["http_vs_in_process"] = round(http / (args.cells / packed_s), 3)
+    if not args.skip_tahoe:
+        report["tahoe_packed_in_process"] = tahoe_packed(device, peak)
     print(json.dumps(report, indent=2))
     return report
 
