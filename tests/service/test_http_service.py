@@ -131,6 +131,17 @@ def test_a_client_mistake_gets_a_400_naming_the_field(service_url, vocabulary, c
     assert field in reply.text, reply.text
 
 
+def test_an_empty_request_is_a_400_naming_items(service_url):
+    for body in ('{"items": []}', "{}"):
+        reply = httpx.post(
+            f"{service_url}/embed",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert reply.status_code == 400 and "items" in reply.text, body
+
+
 def test_malformed_json_is_a_400_and_the_server_keeps_serving(service_url, vocabulary):
     reply = httpx.post(
         f"{service_url}/embed",

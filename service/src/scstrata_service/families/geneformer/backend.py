@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from scstrata_service.backend import ModelBackend, ModelCard, PooledLayers, TokenizedCells
+from scstrata_service.backend import ModelCard, TokenizedCells
 from scstrata_service.families.geneformer.checkpoint import (
     RELEASE_INPUT_SIZE,
     CheckpointError,
@@ -20,34 +19,16 @@ from scstrata_service.families.geneformer.checkpoint import (
 )
 from scstrata_service.families.geneformer.encoder import GeneformerEncoder
 from scstrata_service.families.geneformer.tokenizer import GeneformerOptions, GeneformerTokenizer
-from scstrata_service.packing import (
-    PackedLayout,
-    default_attention,
-    default_max_tokens,
-    embed_in_batches,
-    gather_rows,
-    pick_device,
-)
+from scstrata_service.packed_backend import PackedBackend
+from scstrata_service.packing import PackedLayout, pick_device
 
 log = logging.getLogger(__name__)
 
 
-class GeneformerBackend(ModelBackend):
-    def __init__(
-        self,
-        card: ModelCard,
-        encoder: GeneformerEncoder,
-        tokenizer: GeneformerTokenizer,
-        device: torch.device,
-        max_tokens: int | None = None,
-        attention: str | None = None,
-    ):
-        self.card, self.encoder, self.tokenizer, self.device = card, encoder, tokenizer, device
-        self.version = tokenizer.version
-        # bf16 blocks on GPU (embedding tables and layer 0 stay fp32); fp32 on CPU
-        self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.max_tokens = max_tokens or default_max_tokens(device, card.hidden_size)
-        self.attention = attention or default_attention(device)
+class GeneformerBackend(PackedBackend):
+    @property
+    def version(self) -> str:
+        return self.tokenizer.version
 
     @classmethod
     def load(
@@ -135,41 +116,19 @@ class GeneformerBackend(ModelBackend):
     def known_genes(self) -> list[str]:
         return list(self.tokenizer.genes)
 
-    def check_input(
-        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
-    ) -> None:
-        self.tokenizer.check(counts, genes, options)
-
-    def tokenize(
-        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
-    ) -> TokenizedCells:
-        return self.tokenizer.tokenize(counts, genes, options)
-
-    def embed(
-        self, cells: TokenizedCells, layers: Sequence[int], poolings: Sequence[str]
-    ) -> PooledLayers:
-        unknown = set(poolings) - set(self.card.poolings)
-        if unknown:
-            raise ValueError(
-                f"unknown pooling(s) {sorted(unknown)}; choose from {sorted(self.card.poolings)}"
-            )
-        return embed_in_batches(
-            cells, self.max_tokens, lambda batch: self._forward(batch, layers, poolings)
-        )
-
-    def _forward(
-        self, batch: TokenizedCells, layers: Sequence[int], poolings: Sequence[str]
-    ) -> PooledLayers:
-        ids = torch.from_numpy(np.ascontiguousarray(batch.positions, dtype=np.int64))
-        if self.device.type == "cuda":
-            ids = ids.pin_memory()
-        pooled = self.encoder.forward_pooled(
-            ids.to(self.device, non_blocking=True),
-            PackedLayout.from_offsets(np.asarray(batch.offsets), self.device),
+    def forward_batch(
+        self,
+        batch: TokenizedCells,
+        layout: PackedLayout,
+        layers: Sequence[int],
+        poolings: Sequence[str],
+    ) -> dict[str, dict[int, torch.Tensor]]:
+        return self.encoder.forward_pooled(
+            self.to_device(batch.positions.astype(np.int64, copy=False)),  # token ids
+            layout,
             layers,
             poolings,
             self.attention,
             has_special_tokens=self.tokenizer.special,
             compute_dtype=self.compute_dtype,
         )
-        return gather_rows(pooled)

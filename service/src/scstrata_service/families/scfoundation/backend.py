@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 
-from scstrata_service.backend import ModelBackend, ModelCard, PooledLayers, TokenizedCells
+from scstrata_service.backend import ModelCard, TokenizedCells
 from scstrata_service.families.scfoundation.checkpoint import load_checkpoint, load_vocabulary
-from scstrata_service.families.scfoundation.encoder import POOLINGS, ScFoundationEncoder
+from scstrata_service.families.scfoundation.encoder import ScFoundationEncoder
 from scstrata_service.families.scfoundation.tokenizer import (
     ScFoundationOptions,
     ScFoundationTokenizer,
 )
-from scstrata_service.packing import (
-    PackedLayout,
-    default_attention,
-    default_max_tokens,
-    embed_in_batches,
-    gather_rows,
-    pick_device,
-)
+from scstrata_service.packed_backend import PackedBackend
+from scstrata_service.packing import PackedLayout, pick_device
 
 
-class ScFoundationBackend(ModelBackend):
-    def __init__(
-        self,
-        card: ModelCard,
-        encoder: ScFoundationEncoder,
-        tokenizer: ScFoundationTokenizer,
-        device: torch.device,
-        max_tokens: int | None = None,
-        attention: str | None = None,
-    ):
-        self.card, self.encoder, self.tokenizer, self.device = card, encoder, tokenizer, device
-        # bf16 blocks on GPU; the value embedding stays fp32 (its softmax over bins is cheap
-        # and precision-sensitive). fp32 everywhere on CPU.
-        self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.max_tokens = max_tokens or default_max_tokens(device, card.hidden_size)
-        self.attention = attention or default_attention(device)
-
+class ScFoundationBackend(PackedBackend):
     @classmethod
     def load(
         cls,
@@ -88,41 +64,19 @@ class ScFoundationBackend(ModelBackend):
     def known_genes(self) -> list[str]:
         return list(self.tokenizer.vocabulary)
 
-    def check_input(
-        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
-    ) -> None:
-        self.tokenizer.check(counts, genes, options)
-
-    def tokenize(
-        self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
-    ) -> TokenizedCells:
-        return self.tokenizer.tokenize(counts, genes, options)
-
-    def embed(
-        self, cells: TokenizedCells, layers: Sequence[int], poolings: Sequence[str]
-    ) -> PooledLayers:
-        unknown = set(poolings) - set(POOLINGS)
-        if unknown:
-            raise ValueError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}")
-        return embed_in_batches(
-            cells, self.max_tokens, lambda batch: self._forward(batch, layers, poolings)
-        )
-
-    def _forward(
-        self, batch: TokenizedCells, layers: Sequence[int], poolings: Sequence[str]
-    ) -> PooledLayers:
-        pin = self.device.type == "cuda"
-        values = torch.from_numpy(batch.values)
-        positions = torch.from_numpy(batch.positions)
-        if pin:
-            values, positions = values.pin_memory(), positions.pin_memory()
-        pooled = self.encoder.forward_pooled(
-            values.to(self.device, non_blocking=True),
-            positions.to(self.device, non_blocking=True),
-            PackedLayout.from_offsets(np.asarray(batch.offsets), self.device),
+    def forward_batch(
+        self,
+        batch: TokenizedCells,
+        layout: PackedLayout,
+        layers: Sequence[int],
+        poolings: Sequence[str],
+    ) -> dict[str, dict[int, torch.Tensor]]:
+        return self.encoder.forward_pooled(
+            self.to_device(batch.values),
+            self.to_device(batch.positions),
+            layout,
             layers,
             poolings,
             self.attention,
             self.compute_dtype,
         )
-        return gather_rows(pooled)
