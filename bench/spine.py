@@ -23,29 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, synthetic_cells
 
 from scstrata_client import Client
-from scstrata_service.families import FAMILIES
+from scstrata_service.families import FAMILIES, fabricate
 from scstrata_service.launcher import running_service
-
-
-def fabricate(family: str, folder: Path, hidden: int, depth: int, heads: int) -> Path:
-    """A random-weight checkpoint of the family in its published layout; returns its folder."""
-    if family == "scfoundation":
-        from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(folder, hidden=hidden, depth=depth, heads=heads)
-    elif family == "tahoe":
-        from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(
-            folder, d_model=hidden, n_layers=depth, n_heads=heads, vocab_genes=4000, max_length=2048
-        )
-    elif family == "geneformer":
-        from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(folder, hidden=hidden, n_layers=depth, heads=heads, n_genes=4000)
-    else:
-        raise SystemExit(f"no fabricator for family {family!r}")
-    return folder
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,9 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     folder = fabricate(
         args.family,
         Path(tempfile.mkdtemp(prefix="scstrata-spine-")),
-        args.hidden,
-        args.depth,
-        args.heads,
+        hidden=args.hidden,
+        depth=args.depth,
+        heads=args.heads,
     )
     backend = FAMILIES[args.family]("bench", folder)
     counts, genes = synthetic_cells(

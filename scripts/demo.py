@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scstrata_scoring.cli import main as score_main
 from scstrata_scoring.simulate import simulate_trajectory
-from scstrata_service.families import FAMILIES
+from scstrata_service.families import FAMILIES, fabricate
 from scstrata_service.launcher import running_service
 
 NOTE = (
@@ -28,25 +28,6 @@ NOTE = (
     "exercise the pipeline and say nothing about biology. Serve a real checkpoint (README: "
     "'Serving a real checkpoint') to measure a model."
 )
-
-
-def fabricate(family: str, folder: Path, seed: int) -> None:
-    """A small random-weight checkpoint of ``family`` in its published layout."""
-    if family == "scfoundation":
-        from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(folder, hidden=64, depth=6, heads=4, seed=seed)
-    elif family == "tahoe":
-        from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(
-            folder, d_model=64, n_layers=6, n_heads=4, vocab_genes=4000, max_length=1024, seed=seed
-        )
-    else:
-        from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
-
-        fabricate_checkpoint(folder, hidden=64, n_layers=6, heads=4, n_genes=4000, seed=seed)
-    (folder / ".fabricated").write_text("random demo weights\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = out / f"checkpoint-{args.family}"
     if not (checkpoint / ".fabricated").is_file():
         print(f"[demo] fabricating a random-weight {args.family} checkpoint in {checkpoint}")
-        fabricate(args.family, checkpoint, args.seed)
+        fabricate(args.family, checkpoint, hidden=64, depth=6, heads=4, seed=args.seed)
+        (checkpoint / ".fabricated").write_text("random demo weights\n")
     genes = FAMILIES[args.family]("demo", checkpoint, device="cpu").known_genes()
 
     data = out / f"trajectory-{args.family}.h5ad"

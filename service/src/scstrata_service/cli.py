@@ -50,12 +50,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _fabricate(args: argparse.Namespace) -> int:
-    from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+    from scstrata_service.families import fabricate
 
-    path = fabricate_checkpoint(
-        Path(args.out), hidden=args.hidden, depth=args.depth, heads=args.heads, seed=args.seed
+    folder = fabricate(
+        args.family,
+        Path(args.out),
+        hidden=args.hidden,
+        depth=args.depth,
+        heads=args.heads,
+        seed=args.seed,
     )
-    print(f"wrote {path} (RANDOM DEMO WEIGHTS in scFoundation's official layout)")
+    print(f"wrote a {args.family} checkpoint to {folder} (RANDOM DEMO WEIGHTS, official layout)")
     return 0
 
 
@@ -92,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     fab = sub.add_parser(
         "fabricate", help="write a small scFoundation-layout checkpoint with RANDOM demo weights"
     )
-    fab.add_argument("--out", required=True, help="folder for models.ckpt and the gene list")
+    fab.add_argument(
+        "--family", default="scfoundation", choices=["scfoundation", "tahoe", "geneformer"]
+    )
+    fab.add_argument("--out", required=True, help="folder to write the checkpoint into")
     fab.add_argument("--hidden", type=int, default=64)
     fab.add_argument("--depth", type=int, default=6)
     fab.add_argument("--heads", type=int, default=4)

@@ -32,3 +32,34 @@ FAMILIES: dict[str, Callable[..., ModelBackend]] = {
     "geneformer": _load_geneformer,
     "tahoe": _load_tahoe,
 }
+
+
+def fabricate(
+    family: str, folder: Path, *, hidden: int = 64, depth: int = 6, heads: int = 4, seed: int = 0
+) -> Path:
+    """A small checkpoint of ``family`` in its published layout with RANDOM DEMO WEIGHTS
+    (for the demo, benchmarks and trying the service); returns the folder to serve."""
+    folder = Path(folder)
+    if family == "scfoundation":
+        from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+
+        fabricate_checkpoint(folder, hidden=hidden, depth=depth, heads=heads, seed=seed)
+    elif family == "tahoe":
+        from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint as tahoe
+
+        tahoe(
+            folder,
+            d_model=hidden,
+            n_layers=depth,
+            n_heads=heads,
+            vocab_genes=4000,
+            max_length=2048,
+            seed=seed,
+        )
+    elif family == "geneformer":
+        from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint as gf
+
+        gf(folder, hidden=hidden, n_layers=depth, heads=heads, n_genes=4000, seed=seed)
+    else:
+        raise ValueError(f"family: unknown {family!r}; known: {sorted(FAMILIES)}")
+    return folder
