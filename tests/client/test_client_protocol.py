@@ -209,3 +209,9 @@ def test_error_without_a_body_uses_the_reason_phrase():
 def test_successful_reply_that_is_not_json_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="expected a JSON reply"):
         decode_reply(_response(200, text="<html>proxy login</html>"))
+
+
+def test_error_message_of_a_list_of_error_objects():
+    body = [{"error": "cells: 6 cells exceed this server's limit of 5 per request"}]
+    assert error_message(body) == "cells: 6 cells exceed this server's limit of 5 per request"
+    assert error_message([{"nothing": 1}], text="[raw]") == "[raw]"

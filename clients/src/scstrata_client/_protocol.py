@@ -301,8 +301,13 @@ def error_message(body: Any, text: str = "") -> str:
     """A readable one-line message from an error body; the raw text when it has no structure.
 
     Understands ``{"error": "...", "detail": [{"msg": "...", "loc": [...]}, ...]}`` (the
-    service's and pydantic's shape) and ``{"detail": "..."}``.
+    service's and pydantic's shape), ``{"detail": "..."}``, and a list of such objects (BentoML
+    answers a limit hit inside the batched endpoint with one per request item).
     """
+    if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
+        messages = [error_message(b) for b in body]
+        if all(messages):
+            return "; ".join(dict.fromkeys(messages))
     parts: list[str] = []
     if isinstance(body, Mapping):
         error = body.get("error")
