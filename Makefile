@@ -18,7 +18,7 @@ $(STAMP): service/pyproject.toml clients/pyproject.toml scoring/pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -rs  # -rs: list what was not run (GPU-only, opt-in) and why
 
 demo: install
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
