@@ -19,9 +19,10 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 
 # The CUDA build of the same torch release the Makefile pins for CPU (TORCH in Makefile),
-# and ONNX Runtime's GPU package (never beside plain onnxruntime: serving-notes.md).
+# ONNX Runtime's GPU package (never beside plain onnxruntime: serving-notes.md) and onnx,
+# which the scFoundation ONNX runtime needs to export its per-depth graphs.
 RUN pip install --index-url https://download.pytorch.org/whl/cu130 torch==2.13.0 \
-    && pip install onnxruntime-gpu==1.31.*
+    && pip install onnxruntime-gpu==1.31.* "onnx>=1.16"
 
 WORKDIR /src
 COPY clients/ clients/

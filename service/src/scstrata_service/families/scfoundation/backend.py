@@ -17,6 +17,8 @@ from scstrata_service.families.scfoundation.tokenizer import (
 from scstrata_service.packed_backend import PackedBackend
 from scstrata_service.packing import PackedLayout, pick_device
 
+RUNTIMES = ("torch", "onnx")
+
 
 class ScFoundationBackend(PackedBackend):
     @classmethod
@@ -29,7 +31,13 @@ class ScFoundationBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
+        runtime: str = "torch",
+        onnx_cache_dir: str | Path | None = None,
     ) -> ScFoundationBackend:
+        """``runtime="onnx"`` runs the blocks in ONNX Runtime (onnx_runtime.py); graphs are
+        cached in ``onnx_cache_dir`` (default: a temp folder keyed by checkpoint digest)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         ckpt = load_checkpoint(Path(path), version)
         vocabulary = load_vocabulary(Path(path))
         config = ckpt.config
@@ -42,7 +50,7 @@ class ScFoundationBackend(PackedBackend):
         encoder.load_state_dict(ckpt.encoder_state, strict=True)
         torch_device = pick_device(device)
         encoder.eval().to(torch_device)
-        if torch_device.type == "cuda":
+        if torch_device.type == "cuda" and runtime == "torch":
             encoder.encoder.to(torch.bfloat16)
         dim = config.hidden_dim
         card = ModelCard(
@@ -57,9 +65,24 @@ class ScFoundationBackend(PackedBackend):
             demo_weights=ckpt.demo_weights,
             options={k: f.description or "" for k, f in ScFoundationOptions.model_fields.items()},
         )
-        return cls(
-            card, encoder, ScFoundationTokenizer(vocabulary), torch_device, max_tokens, attention
+        args = (
+            card,
+            encoder,
+            ScFoundationTokenizer(vocabulary),
+            torch_device,
+            max_tokens,
+            attention,
         )
+        if runtime == "onnx":
+            from scstrata_service.families.scfoundation.onnx_runtime import (
+                OnnxScFoundationBackend,
+                default_cache_dir,
+            )
+
+            key = f"{ckpt.digest.split(':')[-1][:16]}-{version}"
+            cache = Path(onnx_cache_dir) / key if onnx_cache_dir else default_cache_dir(key)
+            return OnnxScFoundationBackend(*args, cache_dir=cache)
+        return cls(*args)
 
     def known_genes(self) -> list[str]:
         return list(self.tokenizer.vocabulary)
