@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
+from scstrata_service.gene_mapping import to_model_genes
 
 TARGET_SUM = 10_000.0
 MAX_LISTED = 20
@@ -88,15 +89,7 @@ class GeneformerTokenizer:
 
     def to_dictionary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
         """Cells x dictionary genes; columns mapped onto the same gene are summed."""
-        mapped = np.flatnonzero(columns >= 0)
-        selector = sp.csr_matrix(
-            (np.ones(len(mapped)), (mapped, columns[mapped])),
-            shape=(counts.shape[1], len(self.genes)),
-        )
-        out = (sp.csr_matrix(counts, dtype=np.float64) @ selector).tocsr()
-        out.eliminate_zeros()
-        out.sort_indices()
-        return out
+        return to_model_genes(counts, columns, len(self.genes))
 
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         opts = GeneformerOptions.parse(options)

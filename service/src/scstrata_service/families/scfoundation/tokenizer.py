@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.gene_mapping import to_model_genes
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
 MAX_LISTED = 20
@@ -76,14 +77,7 @@ class ScFoundationTokenizer:
 
     def to_vocabulary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
         """Reorder/fill the input columns to vocabulary order (missing genes are zero)."""
-        mapped = np.flatnonzero(columns >= 0)
-        selector = sp.csr_matrix(
-            (np.ones(len(mapped)), (mapped, columns[mapped])),
-            shape=(counts.shape[1], len(self.vocabulary)),
-        )
-        in_vocab = (counts.astype(np.float64) @ selector).tocsr()
-        in_vocab.sort_indices()
-        return in_vocab
+        return to_model_genes(counts, columns, len(self.vocabulary))
 
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         opts = ScFoundationOptions.parse(options)
