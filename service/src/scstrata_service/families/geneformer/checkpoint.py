@@ -17,7 +17,6 @@ from the token dictionary: ``<cls>`` and ``<eos>`` present = V2, both absent = V
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from scstrata_service.digest import files_digest
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,6 @@ def find_one(folder: Path, pattern: str, setting: str, given: Path | str | None)
             f"model setting {setting!r}"
         )
     return found[0] if found else None
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file: for a Hugging Face file it equals its LFS object id."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(block)
-    return "sha256:" + sha.hexdigest()
 
 
 @dataclass
@@ -270,7 +262,7 @@ def load_bert(folder: Path) -> BertWeights:
     return BertWeights(
         config=config,
         state=state,
-        digest=file_digest(weights),
+        digest=files_digest([weights]),
         demo_weights=bool(raw.get(DEMO_FLAG, False)),
         weights_name=weights.name,
     )

@@ -9,13 +9,14 @@ does. State-dict keys carry a ``model.`` prefix; only ``token_emb``, ``pos_emb``
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from scstrata_service.digest import files_digest
 
 CHECKPOINT_FILE = "models.ckpt"
 VOCABULARY_FILE = "OS_scRNA_gene_index.19264.tsv"
@@ -77,14 +78,6 @@ def find_checkpoint(path: Path) -> Path:
     return path
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(block)
-    return "sha256:" + sha.hexdigest()
-
-
 @dataclass
 class LoadedCheckpoint:
     config: ScFoundationConfig
@@ -114,7 +107,7 @@ def load_checkpoint(path: Path, version: str = "cell") -> LoadedCheckpoint:
     return LoadedCheckpoint(
         config=config,
         encoder_state=state,
-        digest=file_digest(file),
+        digest=files_digest([file]),
         demo_weights=bool(sub.get("demo_weights", False)),
     )
 

@@ -14,7 +14,6 @@ keys a config leaves out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+
+from scstrata_service.digest import files_digest
 
 MODEL_CONFIG = "model_config.yml"
 COLLATOR_CONFIG = "collator_config.yml"
@@ -264,15 +265,6 @@ def _raw_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
         ) from None
 
 
-def file_digest(files: list[Path]) -> str:
-    sha = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                sha.update(block)
-    return "sha256:" + sha.hexdigest()
-
-
 def encoder_state(raw: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
     """Strip the ``model.`` prefix and keep the encoder's weights only."""
     state = {}
@@ -318,7 +310,7 @@ def load_checkpoint(path: Path) -> TahoeCheckpoint:
         collator=collator,
         vocabulary=vocabulary,
         encoder_state=state,
-        digest=file_digest(
+        digest=files_digest(
             [weights, folder / MODEL_CONFIG, folder / COLLATOR_CONFIG, folder / VOCABULARY]
         ),
         demo_weights=bool(raw_model.get("demo_weights", False)),
