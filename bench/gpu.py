@@ -8,10 +8,13 @@ to [200, 6000]; on CPU a reduced size with the same fields. It measures, in one 
 - the same cells through the HTTP service on loopback (concurrent client chunks),
 - length-sorted padded batches (masked SDPA) with their padding share,
 - the official-style per-cell fp32 path (one cell at a time, torch's encoder layer),
-- a Tahoe-X1 1.3B-shaped model (random weights) on packed cells.
+- a Tahoe-X1 1.3B-shaped model (random weights) on packed cells,
+- every packed attention kernel, eager and under torch.compile ("variants"), each checked
+  against the nested-tensor kernel's output, so the defaults are chosen by measurement.
 
     python bench/gpu.py            # sizes chosen by device
     python bench/gpu.py --cells 64 --hidden 128 --depth 4 --heads 4   # any size
+    python bench/gpu.py --out bench/output/gpu.json                   # also write the JSON
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, flops_per_cell, matmul_peak_tflops, synthetic_cells
+from common import best_time, flops_per_cell, matmul_peak_tflops, sync, synthetic_cells
 
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
@@ -45,8 +47,9 @@ TAHOE_GPU = dict(cells=128, median=1500, low=200, high=2047, hidden=2048, depth=
 TAHOE_CPU = dict(cells=48, median=300, low=40, high=900, hidden=128, depth=4, heads=4)
 
 
-def tahoe_packed(device: torch.device, peak: float) -> dict:
-    """Packed in-process throughput of a Tahoe-X1-shaped model (the study's 1.3B on CUDA)."""
+def tahoe_packed(device: torch.device, peak: float, kernels: list[tuple[str, bool]]) -> dict:
+    """Packed in-process throughput of a Tahoe-X1-shaped model (the study's 1.3B on CUDA),
+    with the default kernel and any others named in ``kernels`` ((attention, compile) pairs)."""
     from scstrata_service.families.tahoe.backend import TahoeBackend
     from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint as fabricate_tahoe
 
@@ -66,14 +69,58 @@ def tahoe_packed(device: torch.device, peak: float) -> dict:
     )
     cells = backend.tokenize(counts, genes, {})
     flops = flops_per_cell(cells.lengths, size["hidden"], size["depth"]).sum()
-    seconds = best_time(lambda: backend.embed(cells, [size["depth"]], ["official"]), device)
-    return {
+    report = {
         "model": {k: size[k] for k in ("hidden", "depth", "heads")},
         "cells": size["cells"],
         "tokens_per_cell_median": float(np.median(cells.lengths)),
-        "cells_per_s": round(size["cells"] / seconds, 2),
-        "share_of_peak": round(flops / seconds / 1e12 / peak, 4),
     }
+    default = (backend.attention, bool(backend.encoder.compile_blocks))
+    for attention, compile_blocks in dict.fromkeys([default, *kernels]):
+        backend.attention, backend.encoder.compile_blocks = attention, compile_blocks
+        backend.embed(cells, [size["depth"]], ["official"])  # compiles, if compiling
+        seconds = best_time(lambda: backend.embed(cells, [size["depth"]], ["official"]), device)
+        key = "default" if (attention, compile_blocks) == default else "kernel"
+        report[key] = {
+            "attention": attention,
+            "compile": compile_blocks,
+            "cells_per_s": round(size["cells"] / seconds, 2),
+            "share_of_peak": round(flops / seconds / 1e12 / peak, 4),
+        }
+    return report
+
+
+def budget_sweep(
+    checkpoint: Path, cells, device: torch.device, flops: float, peak: float, kernel
+) -> list:
+    """Cells/s of one kernel at several token budgets (tokens per forward pass)."""
+    attention, compile_blocks = kernel
+    backend = ScFoundationBackend.load(
+        "budget", checkpoint, attention=attention, compile_blocks=compile_blocks
+    )
+    depth, rows = backend.card.n_layers, []
+    default = backend.max_tokens
+    for budget in sorted({default, *(b for b in (1 << 17, 1 << 18, 1 << 19) if b < default)}):
+        backend.max_tokens = budget
+        seconds = best_time(lambda: backend.embed(cells, [depth], ["S"]), device, repeat=2)
+        rows.append(
+            {
+                "max_tokens": budget,
+                "passes": len(plan_batches(cells.lengths, budget)),
+                "cells_per_s": round(cells.n_cells / seconds, 2),
+                "share_of_peak": round(flops / seconds / 1e12 / peak, 4),
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def fastest_kernel(rows: list) -> tuple[str, bool] | None:
+    """The fastest variant whose output agrees with the first one (bf16: within 5%)."""
+    good = [r for r in rows if "error" not in r and r["max_rel_diff_vs_first"] < 0.05]
+    if not good:
+        return None
+    best = max(good, key=lambda r: r["cells_per_s"])
+    return best["attention"], best["compile"]
 
 
 def padded_pass(backend: ScFoundationBackend, cells, max_tokens: int) -> tuple[float, float]:
@@ -142,25 +189,83 @@ def per_cell_fp32(backend: ScFoundationBackend, cells, n: int) -> float:
     return n / best_time(run, device, repeat=1)
 
 
-def http_cells_per_s(checkpoint: Path, counts, genes, max_tokens: int, workers: int = 8) -> float:
+def http_cells_per_s(
+    checkpoint: Path, counts, genes, max_tokens: int, chunk: int = 64, workers: int = 8
+) -> float:
+    """Steady-state cells/s through the HTTP service: the client sends ``chunk``-cell requests,
+    ``workers`` at a time, so request encoding, tokenization and replies overlap the GPU."""
     from scstrata_client import Client
     from scstrata_service.launcher import running_service
 
     env = {"SCSTRATA_MAX_TOKENS": str(max_tokens)}
-    with running_service([f"bench=scfoundation:{checkpoint.parent}"], env=env) as url:
-        slices = np.array_split(np.arange(counts.shape[0]), workers)
+    with (
+        running_service([f"bench=scfoundation:{checkpoint.parent}"], env=env) as url,
+        Client(
+            url, chunk_size=chunk, max_concurrency=workers, progress=False, cache=False
+        ) as client,
+    ):
 
-        def send(rows: np.ndarray) -> int:
-            with Client(url, chunk_size=len(rows), progress=False, cache=False) as client:
-                out = client.embed(counts[rows], genes, model="bench", layers=-1, pooling="S")
+        def run() -> int:
+            out = client.embed(counts, genes, model="bench", layers=-1, pooling="S")
             return len(next(iter(out.values())))
 
-        with ThreadPoolExecutor(workers) as pool:  # warm-up round
-            list(pool.map(send, slices))
+        run()  # warm-up: CUDA context, kernels, BentoML's batching model
         start = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool:
-            done = sum(pool.map(send, slices))
+        done = run()
         return done / (time.perf_counter() - start)
+
+
+# (attention kernel, torch.compile) pairs measured in-process besides the default
+CUDA_VARIANTS = [
+    ("nested", False),
+    ("varlen", False),
+    ("cudnn", False),
+    ("nested", True),
+    ("varlen", True),
+    ("cudnn", True),
+]
+CPU_VARIANTS = [("per_cell", False), ("per_cell", True)]
+
+
+def variants(checkpoint: Path, cells, device: torch.device, flops: float, peak: float) -> list:
+    """In-process throughput of each kernel, eager and compiled; each is checked against the
+    first variant's pooled output (relative L2 error per cell, max over cells)."""
+    rows, reference = [], None
+    for attention, compile_blocks in CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS:
+        row: dict = {"attention": attention, "compile": compile_blocks}
+        try:
+            pooled, timing = measure_variant(checkpoint, cells, device, attention, compile_blocks)
+            row["share_of_peak"] = round(flops / timing.pop("seconds") / 1e12 / peak, 4)
+            row.update(timing)
+            reference = pooled if reference is None else reference
+            error = np.linalg.norm(pooled - reference, axis=1) / np.linalg.norm(reference, axis=1)
+            row["max_rel_diff_vs_first"] = float(error.max())
+        except Exception as err:  # a kernel missing from this torch build: report, go on
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def measure_variant(
+    checkpoint: Path, cells, device: torch.device, attention: str, compile_blocks: bool
+) -> tuple[np.ndarray, dict]:
+    backend = ScFoundationBackend.load(
+        "variant", checkpoint, attention=attention, compile_blocks=compile_blocks
+    )
+    depth = backend.card.n_layers
+    start = time.perf_counter()
+    pooled = backend.embed(cells, [depth], ["S"])["S"][depth]
+    sync(device)
+    first_call = time.perf_counter() - start  # includes compiling
+    seconds = best_time(lambda: backend.embed(cells, [depth], ["S"]), device, repeat=2)
+    return pooled, {
+        "first_call_s": round(first_call, 2),
+        "cells_per_s": round(cells.n_cells / seconds, 2),
+        "seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-cells", type=int, default=32)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-tahoe", action="store_true")
+    parser.add_argument("--skip-variants", action="store_true")
+    parser.add_argument("--http-cells", type=int, default=None, help="default: 4x --cells")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -227,16 +335,38 @@ def main(argv: list[str] | None = None) -> dict:
         "packed_vs_padded": round(padded_s / packed_s, 3),
         "packed_vs_per_cell_fp32": round(args.cells / packed_s / baseline, 2),
     }
+    report["compile_blocks"] = bool(backend.encoder.compile_blocks)
+    fastest = None
+    if not args.skip_variants:
+        report["variants"] = variants(checkpoint, cells, device, flops, peak)
+        fastest = fastest_kernel(report["variants"])
+        report["fastest_kernel"] = fastest
+        if fastest is not None:
+            report["token_budgets"] = budget_sweep(checkpoint, cells, device, flops, peak, fastest)
     if not args.skip_http:
-        http = http_cells_per_s(checkpoint, counts, genes, max_tokens)
+        n_http = args.http_cells or 4 * args.cells
+        http_counts, http_genes = synthetic_cells(
+            backend.tokenizer.vocabulary, n_http, args.median, args.low, args.high, seed=1
+        )
+        http_lengths = backend.tokenize(http_counts, http_genes, {}).lengths
+        http_flops = flops_per_cell(http_lengths, args.hidden, args.depth).sum()
+        http = http_cells_per_s(checkpoint, http_counts, http_genes, max_tokens)
+        http_tflops = http / n_http * http_flops / 1e12
         report["http_loopback"] = {
+            "cells": n_http,
             "cells_per_s": round(http, 2),
-            "share_of_peak": round(http / args.cells * flops / 1e12 / peak, 4),
+            "tflops": round(http_tflops, 4),
+            "share_of_peak": round(http_tflops / peak, 4),
         }
-        report["http_vs_in_process"] = round(http / (args.cells / packed_s), 3)
+        # FLOP rates, not cells/s: the HTTP run sends other (more) cells of the same law
+        report["http_vs_in_process"] = round(http_tflops / (flops / packed_s / 1e12), 3)
     if not args.skip_tahoe:
-        report["tahoe_packed_in_process"] = tahoe_packed(device, peak)
-    print(json.dumps(report, indent=2))
+        report["tahoe_packed_in_process"] = tahoe_packed(device, peak, [fastest] if fastest else [])
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return report
 
 

@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+# The GPU tests run every packed attention kernel, and the compiled blocks on the direct
+# varlen kernel: (attention, compile_blocks).
+GPU_KERNELS = [
+    ("nested", False),
+    ("per_cell", False),
+    ("varlen", False),
+    ("cudnn", False),
+    ("varlen", True),
+]
+GPU_KERNEL_IDS = ["nested", "per_cell", "varlen", "cudnn", "varlen-compiled"]
+
 
 def make_cells(vocabulary: list[str], n_cells: int = 12, n_genes: int = 400, seed: int = 0):
     """Raw counts over a shuffled vocabulary subset plus two unknown genes; uneven depths."""

@@ -14,14 +14,16 @@ import torch
 from scstrata_service.families.geneformer.backend import GeneformerBackend
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
 
+from helpers import GPU_KERNEL_IDS, GPU_KERNELS
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: not run")
 
 
-@pytest.mark.parametrize("attention", ["nested", "per_cell"])
-def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention):
+@pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
+def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, version="V2", hidden=64, n_layers=3, n_genes=2000)
     cpu = GeneformerBackend.load("gf", folder, device="cpu")
-    gpu = GeneformerBackend.load("gf", folder, attention=attention)
+    gpu = GeneformerBackend.load("gf", folder, attention=attention, compile_blocks=compiled)
     assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.genes)

@@ -13,7 +13,7 @@ import torch
 
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 
-from helpers import make_cells
+from helpers import GPU_KERNEL_IDS, GPU_KERNELS, make_cells
 from reference_scfoundation import ScFoundationReference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: not run")
@@ -23,12 +23,14 @@ def relative_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
 
 
-@pytest.mark.parametrize("attention", ["nested", "per_cell"])
+@pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
 def test_packed_bf16_on_cuda_matches_the_fp32_per_cell_reference(
-    tiny_checkpoint, vocabulary, attention
+    tiny_checkpoint, vocabulary, attention, compiled
 ):
     counts, genes = make_cells(vocabulary, n_cells=24, n_genes=1500, seed=51)
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, attention=attention)
+    backend = ScFoundationBackend.load(
+        "scf", tiny_checkpoint, attention=attention, compile_blocks=compiled
+    )
     assert backend.device.type == "cuda" and backend.compute_dtype == torch.bfloat16
     pooled = backend.embed(backend.tokenize(counts, genes, {}), [0, 1, 3], ["official", "S"])
     reference = ScFoundationReference(tiny_checkpoint)

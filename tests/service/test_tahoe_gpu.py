@@ -15,19 +15,22 @@ import torch
 from scstrata_service.families.tahoe.backend import TahoeBackend
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
 
+from helpers import GPU_KERNEL_IDS, GPU_KERNELS
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: not run")
+
 
 POOLINGS = ["official", "cls", "mean"]
 
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2], ids=["mha", "gqa"])
-@pytest.mark.parametrize("attention", ["nested", "per_cell"])
-def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, n_kv_heads):
+@pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
+def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled, n_kv_heads):
     folder = fabricate_checkpoint(
         tmp_path, d_model=64, n_heads=4, n_kv_heads=n_kv_heads, vocab_genes=2000, max_length=512
     )
     cpu = TahoeBackend.load("tx", folder, device="cpu")
-    gpu = TahoeBackend.load("tx", folder, attention=attention)
+    gpu = TahoeBackend.load("tx", folder, attention=attention, compile_blocks=compiled)
     assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.index)

@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("device", "SCSTRATA_DEVICE"),
         ("max_cells", "SCSTRATA_MAX_CELLS"),
         ("attention", "SCSTRATA_ATTENTION"),
+        ("compile", "SCSTRATA_COMPILE"),
         ("token_file", "SCSTRATA_TOKEN_FILE"),
     ):
         value = getattr(args, flag)
@@ -85,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-cells", type=int, help="cells per request (default 20000)")
     serve.add_argument(
         "--attention",
-        choices=["nested", "per_cell"],
-        help="packed attention kernel (default: nested on CUDA, per_cell on CPU)",
+        # literal, not packing.ATTENTION_IMPLS: importing packing would load torch before exec
+        choices=["per_cell", "nested", "varlen", "cudnn"],
+        help="packed attention kernel (default: nested on CUDA, per_cell on CPU; "
+        "varlen and cudnn call the CUDA kernels directly)",
+    )
+    serve.add_argument(
+        "--compile",
+        choices=["0", "1"],
+        help="1: run encoder blocks under torch.compile (first batch compiles)",
     )
     serve.add_argument(
         "--token-file",

@@ -8,6 +8,7 @@ A family supplies its card, tokenizer (``check`` / ``tokenize``) and encoder, an
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,11 +19,23 @@ import torch
 from scstrata_service.backend import ModelBackend, ModelCard, PooledLayers, TokenizedCells
 from scstrata_service.packing import (
     PackedLayout,
+    check_attention,
     default_attention,
     default_max_tokens,
     embed_in_batches,
     gather_rows,
 )
+
+# One forward pass at a time per device: the service runs two dispatches at once so that one
+# tokenizes and encodes replies while the other computes, and each pass's token budget assumes
+# it has the accelerator's memory to itself.
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: torch.device) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
 
 
 class PackedBackend(ModelBackend):
@@ -34,12 +47,16 @@ class PackedBackend(ModelBackend):
         device: torch.device,
         max_tokens: int | None = None,
         attention: str | None = None,
+        compile_blocks: bool = False,
     ):
         self.card, self.encoder, self.tokenizer, self.device = card, encoder, tokenizer, device
         # bf16 transformer blocks on GPU; each family keeps its input embeddings in fp32.
         self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.max_tokens = max_tokens or default_max_tokens(device, card.hidden_size)
-        self.attention = attention or default_attention(device)
+        self.attention = check_attention(attention or default_attention(device), device)
+        # torch.compile fuses each block's norms, activations and residuals around the
+        # attention kernel (bench/gpu.py measures it); the first batch pays the compilation.
+        encoder.compile_blocks = compile_blocks
 
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]
@@ -64,7 +81,8 @@ class PackedBackend(ModelBackend):
             layout = PackedLayout.from_offsets(np.asarray(batch.offsets), self.device)
             return gather_rows(self.forward_batch(batch, layout, layers, poolings))
 
-        return embed_in_batches(cells, self.max_tokens, forward)
+        with device_lock(self.device):
+            return embed_in_batches(cells, self.max_tokens, forward)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         """Host array -> device tensor; pinned and non-blocking on CUDA."""

@@ -33,7 +33,8 @@ class Settings:
     max_latency_ms: int  # SCSTRATA_MAX_LATENCY_MS: BentoML sheds load (503) above this
     max_tokens: int | None  # SCSTRATA_MAX_TOKENS: tokens per forward pass (default: by device)
     device: str | None  # SCSTRATA_DEVICE: e.g. "cpu", "cuda:0" (default: CUDA when present)
-    attention: str | None  # SCSTRATA_ATTENTION: "nested" | "per_cell" (default: by device)
+    attention: str | None  # SCSTRATA_ATTENTION: per_cell | nested | varlen | cudnn (by device)
+    compile_blocks: bool  # SCSTRATA_COMPILE=1: run encoder blocks under torch.compile
     token: str | None  # SCSTRATA_TOKEN or the file SCSTRATA_TOKEN_FILE: bearer auth when set
 
     @classmethod
@@ -48,11 +49,17 @@ class Settings:
             max_tokens=_int("SCSTRATA_MAX_TOKENS", 0) or None,
             device=os.environ.get("SCSTRATA_DEVICE") or None,
             attention=os.environ.get("SCSTRATA_ATTENTION") or None,
+            compile_blocks=os.environ.get("SCSTRATA_COMPILE", "0") not in ("", "0", "false"),
             token=_token(),
         )
 
     def backend_settings(self) -> dict:
-        return {"device": self.device, "max_tokens": self.max_tokens, "attention": self.attention}
+        return {
+            "device": self.device,
+            "max_tokens": self.max_tokens,
+            "attention": self.attention,
+            "compile_blocks": self.compile_blocks,
+        }
 
 
 SETTINGS = Settings.from_env()

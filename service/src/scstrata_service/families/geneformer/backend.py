@@ -39,6 +39,7 @@ class GeneformerBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
+        compile_blocks: bool = False,
         token_dictionary: str | None = None,
         gene_median_file: str | None = None,
         gene_mapping_file: str | None = None,
@@ -111,7 +112,7 @@ class GeneformerBackend(PackedBackend):
             weights.weights_name,
             ", ".join(dictionaries.files.values()),
         )
-        return cls(card, encoder, tokenizer, torch_device, max_tokens, attention)
+        return cls(card, encoder, tokenizer, torch_device, max_tokens, attention, compile_blocks)
 
     def known_genes(self) -> list[str]:
         return list(self.tokenizer.genes)

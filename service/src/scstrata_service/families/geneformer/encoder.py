@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
+from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
 
 POOLINGS = ("official", "mean", "cls")
 
@@ -72,6 +72,8 @@ class BertBlockPacked(nn.Module):
 class GeneformerEncoder(nn.Module):
     """``BertModel`` without pooler; ``load_state_dict`` takes its ``bert.*`` tensors."""
 
+    compile_blocks = False  # set by the backend: run blocks under torch.compile
+
     def __init__(self, config: object):
         super().__init__()
         from transformers.activations import ACT2FN
@@ -123,8 +125,9 @@ class GeneformerEncoder(nn.Module):
         x = self.embeddings(ids, position_in_cell)  # fp32: embedding tables stay fp32
         yield 0, x
         x = x.to(compute_dtype)
+        step = compiled(BertBlockPacked.forward) if self.compile_blocks else BertBlockPacked.forward
         for k in range(1, last + 1):
-            x = self.encoder["layer"][k - 1](x, layout, attention)
+            x = step(self.encoder["layer"][k - 1], x, layout, attention)
             yield k, x
 
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference

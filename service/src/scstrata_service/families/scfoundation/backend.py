@@ -31,6 +31,7 @@ class ScFoundationBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
+        compile_blocks: bool = False,
         runtime: str = "torch",
         onnx_cache_dir: str | Path | None = None,
     ) -> ScFoundationBackend:
@@ -72,6 +73,7 @@ class ScFoundationBackend(PackedBackend):
             torch_device,
             max_tokens,
             attention,
+            compile_blocks,
         )
         if runtime == "onnx":
             from scstrata_service.families.scfoundation.onnx_runtime import (

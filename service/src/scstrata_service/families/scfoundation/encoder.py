@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.scfoundation.checkpoint import ScFoundationConfig
-from scstrata_service.packing import PackedLayout, packed_attention, segment_max, segment_mean
+from scstrata_service.packing import (
+    PackedLayout,
+    compiled,
+    packed_attention,
+    segment_max,
+    segment_mean,
+)
 
 POOLINGS = ("official", "S", "T", "max", "mean")
 
@@ -69,6 +75,8 @@ def packed_block(
 
 
 class ScFoundationEncoder(nn.Module):
+    compile_blocks = False  # set by the backend: run blocks under torch.compile
+
     def __init__(self, config: ScFoundationConfig):
         super().__init__()
         self.config = config
@@ -116,8 +124,9 @@ class ScFoundationEncoder(nn.Module):
         if 0 in wanted:
             collect(0, x)
         x = x.to(compute_dtype)
+        step = compiled(packed_block) if self.compile_blocks else packed_block
         for k in range(1, max(wanted) + 1):
-            x = packed_block(self.encoder.transformer_encoder[k - 1], x, layout, attention)
+            x = step(self.encoder.transformer_encoder[k - 1], x, layout, attention)
             if k in wanted:
                 collect(k, self.encoder.norm(x) if k == self.n_layers else x)
         return out

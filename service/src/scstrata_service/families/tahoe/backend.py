@@ -45,6 +45,7 @@ class TahoeBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
+        compile_blocks: bool = False,
     ) -> TahoeBackend:
         ckpt = load_checkpoint(Path(path))
         encoder = TahoeEncoder(ckpt.config)
@@ -55,7 +56,7 @@ class TahoeBackend(PackedBackend):
             encoder.transformer_encoder.to(torch.bfloat16)
         tokenizer = TahoeTokenizer(ckpt.vocabulary, ckpt.collator)
         card = build_card(name, ckpt, tokenizer)
-        return cls(card, encoder, tokenizer, torch_device, max_tokens, attention)
+        return cls(card, encoder, tokenizer, torch_device, max_tokens, attention, compile_blocks)
 
     def known_genes(self) -> list[str]:
         return list(self.tokenizer.index)

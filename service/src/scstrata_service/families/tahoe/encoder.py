@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.tahoe.checkpoint import TahoeConfig
-from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
+from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
 
 POOLINGS = ("official", "cls", "mean")
 
@@ -123,6 +123,8 @@ class TransformerStack(nn.Module):
 
 
 class TahoeEncoder(nn.Module):
+    compile_blocks = False  # set by the backend: run blocks under torch.compile
+
     def __init__(self, config: TahoeConfig):
         super().__init__()
         self.config = config
@@ -166,8 +168,9 @@ class TahoeEncoder(nn.Module):
             collect(0, x)
         x = x.to(compute_dtype)
         stack = self.transformer_encoder
+        step = compiled(Block.forward) if self.compile_blocks else Block.forward
         for k in range(1, max(wanted) + 1):
-            x = stack.layers[k - 1](x, layout, attention)
+            x = step(stack.layers[k - 1], x, layout, attention)
             if k in wanted:
                 last = k == self.n_layers and stack.norm is not None
                 collect(k, stack.norm(x) if last else x)
