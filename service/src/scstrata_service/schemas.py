@@ -45,46 +45,139 @@ class CSRCells(BaseModel):
     shape: tuple[int, int]
 
     @staticmethod
-    def check_values(data: np.ndarray, indptr: np.ndarray) -> None:
+    def check_values(data: np.ndarray, indptr: np.ndarray, field: str = "cells") -> None:
         """Finite and non-negative, or an InputError naming the rows."""
         if not np.all(np.isfinite(data)):
-            raise InputError("cells.data: contains NaN or infinity; send finite expression values")
+            raise InputError(
+                f"{field}.data: contains NaN or infinity; send finite expression values"
+            )
         if np.any(data < 0):
             rows = np.unique(np.searchsorted(indptr, np.flatnonzero(data < 0), side="right") - 1)
             raise InputError(
-                f"cells.data: negative values in rows {rows[:MAX_LISTED].tolist()}; "
+                f"{field}.data: negative values in rows {rows[:MAX_LISTED].tolist()}; "
                 "counts must be >= 0"
             )
 
     def to_csr(self) -> sp.csr_matrix:
-        n_rows, n_cols = self.shape
-        data = np.asarray(self.data, dtype=np.float64)
-        indices = np.asarray(self.indices, dtype=np.int64)
-        indptr = np.asarray(self.indptr, dtype=np.int64)
-        if n_rows < 1 or n_cols < 1:
+        return csr_from_arrays(self.data, self.indices, self.indptr, self.shape, field="cells")
+
+
+def csr_from_arrays(
+    data: Any, indices: Any, indptr: Any, shape: tuple[int, int], *, field: str
+) -> sp.csr_matrix:
+    """Check the CSR arrays of a request (JSON ``cells`` or ``cells_npz``) and build the matrix.
+
+    Messages name ``field`` (``cells`` or ``cells_npz``) and say how to fix the request.
+    """
+    n_rows, n_cols = (int(n) for n in shape)
+    data = np.asarray(data, dtype=np.float64)
+    indices = np.asarray(indices, dtype=np.int64)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    if n_rows < 1 or n_cols < 1:
+        raise InputError(
+            f"{field}.shape: {[n_rows, n_cols]} is empty; send at least one cell and gene"
+        )
+    if len(indptr) != n_rows + 1:
+        raise InputError(
+            f"{field}.indptr: has {len(indptr)} entries; shape {[n_rows, n_cols]} "
+            f"needs {n_rows + 1}"
+        )
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(data):
+        raise InputError(
+            f"{field}.indptr: must start at 0, never decrease, and end at len({field}.data)"
+        )
+    if len(indices) != len(data):
+        raise InputError(
+            f"{field}.indices: {len(indices)} entries but {field}.data has {len(data)}"
+        )
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        raise InputError(f"{field}.indices: column indices must lie in 0..{n_cols - 1}")
+    CSRCells.check_values(data, indptr, field)
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
+    if not matrix.has_canonical_format:
+        matrix.sum_duplicates()  # repeated (row, column) entries add up, as in scipy
+    return matrix
+
+
+NPZ_MEMBERS = ("data", "indices", "indptr", "shape")
+_NPZ_DTYPES = {
+    "data": (np.float32, np.float64),
+    "indices": (np.int32, np.int64),
+    "indptr": (np.int32, np.int64),
+}
+_NPZ_HOWTO = (
+    "cells_npz must be the base64 of np.savez(buffer, data=<float32 or float64>, "
+    "indices=<int32 or int64>, indptr=<int32 or int64>, shape=[cells, genes]) "
+    "of the cells x genes CSR matrix"
+)
+
+
+class CellsNpz:
+    """The CSR arrays of a ``cells_npz`` upload (docs/api.md), read without pickle.
+
+    ``shape`` is read first, so that a request over the cell or gene limit is refused before
+    the arrays are.
+    """
+
+    def __init__(self, encoded: str):
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"cells_npz: not valid base64; {_NPZ_HOWTO}") from None
+        try:
+            archive = np.load(io.BytesIO(raw), allow_pickle=False)
+        except Exception as err:  # zipfile, zlib and numpy raise many types for bad bytes
+            raise InputError(f"cells_npz: not a readable .npz file ({err}); {_NPZ_HOWTO}") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(f"cells_npz: holds a single .npy array, not an .npz; {_NPZ_HOWTO}")
+        self._archive = archive
+        missing = [m for m in NPZ_MEMBERS if m not in archive.files]
+        if missing:
             raise InputError(
-                f"cells.shape: {list(self.shape)} is empty; send at least one cell and gene"
+                f"cells_npz: missing member(s) {missing} (it has {archive.files}); {_NPZ_HOWTO}"
             )
-        if len(indptr) != n_rows + 1:
+        # Members are read from memory: bound what they expand to by the body size limit,
+        # as a JSON body holding the same numbers would be.
+        unpacked = sum(info.file_size for info in archive.zip.infolist())
+        if unpacked > SETTINGS.max_body_bytes:
+            raise LimitExceeded(
+                f"cells_npz: its members unpack to {unpacked} bytes, over this server's limit "
+                f"of {SETTINGS.max_body_bytes} bytes; send fewer cells per request (the "
+                "client's chunk_size) or raise SCSTRATA_MAX_BODY_MB"
+            )
+        shape = self._member("shape")
+        if not np.issubdtype(shape.dtype, np.integer) or shape.shape != (2,):
             raise InputError(
-                f"cells.indptr: has {len(indptr)} entries; shape {list(self.shape)} "
-                f"needs {n_rows + 1}"
+                f"cells_npz.shape: expected 2 integers (cells, genes), got an array of "
+                f"dtype {shape.dtype} and shape {list(shape.shape)}"
             )
-        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(data):
-            raise InputError(
-                "cells.indptr: must start at 0, never decrease, and end at len(cells.data)"
-            )
-        if len(indices) != len(data):
-            raise InputError(
-                f"cells.indices: {len(indices)} entries but cells.data has {len(data)}"
-            )
-        if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
-            raise InputError(f"cells.indices: column indices must lie in 0..{n_cols - 1}")
-        self.check_values(data, indptr)
-        matrix = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
-        if not matrix.has_canonical_format:
-            matrix.sum_duplicates()  # repeated (row, column) entries add up, as in scipy
-        return matrix
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+
+    def _member(self, name: str) -> np.ndarray:
+        try:
+            array = self._archive[name]
+        except Exception as err:  # object arrays (refused without pickle), corrupt members
+            raise InputError(f"cells_npz.{name}: unreadable ({err}); {_NPZ_HOWTO}") from None
+        return np.asarray(array)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``data``, ``indices`` and ``indptr``, each 1-D and of an accepted dtype."""
+        out = []
+        for name, dtypes in _NPZ_DTYPES.items():
+            array = self._member(name)
+            if array.dtype not in [np.dtype(d) for d in dtypes]:
+                raise InputError(
+                    f"cells_npz.{name}: dtype {array.dtype} is not accepted; send "
+                    f"{' or '.join(np.dtype(d).name for d in dtypes)}"
+                )
+            if array.ndim != 1:
+                raise InputError(
+                    f"cells_npz.{name}: expected a 1-D array, got shape {list(array.shape)}"
+                )
+            out.append(array)
+        self._archive.close()
+        data, indices, indptr = out
+        return data, indices, indptr
 
 
 class OutputSpec(BaseModel):
@@ -105,6 +198,9 @@ class EmbedItem(OutputSpec):
     options: dict[str, Any] = Field(default_factory=dict, description="family options")
     genes: list[str] | None = Field(default=None, description="one gene name per column")
     cells: CSRCells | None = Field(default=None, description="cells x genes, CSR")
+    cells_npz: str | None = Field(
+        default=None, description="base64 of an .npz of the CSR arrays (instead of cells)"
+    )
     h5ad: str | None = Field(default=None, description="base64 of an .h5ad file (instead)")
     h5ad_layer: str | None = Field(default=None, description="counts from adata.layers[name]")
     gene_column: str | None = Field(default=None, description="gene names from adata.var[col]")
@@ -155,12 +251,26 @@ class EmbedItem(OutputSpec):
 
     def _read_cells(self) -> tuple[sp.csr_matrix, list[str]]:
         if self.h5ad is not None:
-            if self.cells is not None or self.genes is not None:
-                raise InputError("h5ad: send either h5ad or cells + genes, not both")
+            if self.cells is not None or self.cells_npz is not None or self.genes is not None:
+                raise InputError("h5ad: send either h5ad or cells (or cells_npz) + genes, not both")
             return read_h5ad_upload(self.h5ad, self.h5ad_layer, self.gene_column)
-        if self.cells is None or self.genes is None:
-            missing = [f for f in ("cells", "genes") if getattr(self, f) is None]
-            raise InputError(f"{', '.join(missing)}: required (or upload an AnnData as h5ad)")
+        if self.cells is not None and self.cells_npz is not None:
+            raise InputError(
+                "cells_npz: send the cells once, either as cells (JSON lists) or as cells_npz, "
+                "not both"
+            )
+        given = "cells_npz" if self.cells_npz is not None else "cells"
+        if getattr(self, given) is None or self.genes is None:
+            missing = [f for f in (given, "genes") if getattr(self, f) is None]
+            raise InputError(
+                f"{', '.join(missing)}: required (cells or cells_npz, with genes; "
+                "or upload an AnnData as h5ad)"
+            )
+        if self.cells_npz is not None:
+            upload = CellsNpz(self.cells_npz)
+            self._check_limits(upload.shape)  # before reading the arrays
+            matrix = csr_from_arrays(*upload.arrays(), upload.shape, field="cells_npz")
+            return matrix, self.genes
         self._check_limits(self.cells.shape)  # before building the matrix
         return self.cells.to_csr(), self.genes
 
@@ -187,6 +297,8 @@ class EmbedItem(OutputSpec):
                 f"genes: {len(genes)} names for {n_columns} columns in cells.shape; "
                 "send one name per column"
             )
+        if len(set(genes)) == len(genes):
+            return  # the usual case, without the per-name loop below
         seen: set[str] = set()
         duplicated = sorted({g for g in genes if g in seen or seen.add(g)})
         if duplicated:
