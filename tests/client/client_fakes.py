@@ -30,6 +30,12 @@ def resolve(layers: Any, n_layers: int) -> list[int]:
 
 
 def item_matrix(item: dict[str, Any]) -> sp.csr_matrix:
+    """The cells of a request item, sent as JSON ``cells`` or as binary ``cells_npz``."""
+    if "cells_npz" in item:
+        with np.load(io.BytesIO(base64.b64decode(item["cells_npz"])), allow_pickle=False) as npz:
+            return sp.csr_matrix(
+                (npz["data"], npz["indices"], npz["indptr"]), shape=tuple(npz["shape"])
+            )
     cells = item["cells"]
     return sp.csr_matrix(
         (cells["data"], cells["indices"], cells["indptr"]), shape=tuple(cells["shape"])
@@ -47,7 +53,11 @@ class FakeService:
 
     ``failures`` maps a 0-based call number (``GET /models`` included) to an exception to
     raise or a response to return instead of the answer. ``supports_npz=False`` mimics a
-    service that predates the ``format`` field; ``token`` makes it demand that bearer token.
+    service that predates the ``format`` field (and ``cells_npz``, unless
+    ``supports_cells_npz`` says otherwise); ``supports_cells_npz=False`` one that predates the
+    ``cells_npz`` field, which it refuses as an extra input (``unknown_fields="forbid"``, as
+    the real service does) or ignores and then misses ``cells`` (``"ignore"``). ``token``
+    makes it demand that bearer token.
     """
 
     def __init__(
@@ -57,6 +67,8 @@ class FakeService:
         dims: dict[str, int] | None = None,
         failures: dict[int, Any] | None = None,
         supports_npz: bool = True,
+        supports_cells_npz: bool | None = None,
+        unknown_fields: str = "forbid",
         token: str | None = None,
         delay: float = 0.0,
         checkpoint_digest: str = "sha256:00",
@@ -65,6 +77,8 @@ class FakeService:
         self.dims = dims or {"official": 3, "S": 3}
         self.failures = failures or {}
         self.supports_npz = supports_npz
+        self.supports_cells_npz = supports_npz if supports_cells_npz is None else supports_cells_npz
+        self.unknown_fields = unknown_fields
         self.token = token
         self.delay = delay
         self.checkpoint_digest = checkpoint_digest
@@ -120,9 +134,9 @@ class FakeService:
             return httpx.Response(200, json=[self.card()])
         items = json.loads(request.content)["items"]
         for item in items:
-            if "format" in item and not self.supports_npz:
-                detail = [{"loc": ["items", 0, "format"], "msg": "Extra inputs are not permitted"}]
-                return httpx.Response(400, json={"error": "invalid request", "detail": detail})
+            refused = self._refusal(item)
+            if refused is not None:
+                return refused
         raw = request.headers.get("accept") == "application/x-npz"
         if raw and len(items) == 1 and items[0].get("format") == "npz":
             return httpx.Response(
@@ -131,6 +145,30 @@ class FakeService:
                 headers={"content-type": "application/x-npz"},
             )
         return httpx.Response(200, json=[self.result(item) for item in items])
+
+    def _refusal(self, item: dict[str, Any]) -> httpx.Response | None:
+        """A 400 like an older service's (pydantic's words) for fields it does not know."""
+        unknown = []
+        if "format" in item and not self.supports_npz:
+            unknown.append("format")
+        if "cells_npz" in item and not self.supports_cells_npz:
+            if self.unknown_fields == "forbid":
+                unknown.append("cells_npz")
+            elif "cells" not in item:
+                msg = "Value error, cells: required (or upload an AnnData as h5ad)"
+                detail = [{"type": "value_error", "loc": ["items", 0], "msg": msg}]
+                return httpx.Response(400, json={"error": "invalid request", "detail": detail})
+        if not unknown:
+            return None
+        detail = [
+            {
+                "type": "extra_forbidden",
+                "loc": ["items", 0, name],
+                "msg": "Extra inputs are not permitted",
+            }
+            for name in unknown
+        ]
+        return httpx.Response(400, json={"error": "invalid request", "detail": detail})
 
     def _layers(self, item: dict[str, Any]) -> dict[int, np.ndarray]:
         matrix = item_matrix(item)
@@ -154,7 +192,7 @@ class FakeService:
         result = {
             "model": item["model"],
             "pooling": item["pooling"],
-            "n_cells": item["cells"]["shape"][0],
+            "n_cells": item_matrix(item).shape[0],
             "dim": self.dims[item["pooling"]],
             "n_unmapped_genes": 1,
             "unmapped_genes": ["FOO"],

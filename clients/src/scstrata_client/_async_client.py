@@ -201,14 +201,16 @@ class AsyncClient(ClientBase):
 
     async def _send_chunk(self, job: EmbedJob, task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
         task = self._current(task)
-        try:
-            payload = await self._post(job, task)
-        except InvalidRequest as exc:
-            fallback = self._json_fallback(task, exc)
-            if fallback is None:
-                raise
-            task = fallback
-            payload = await self._post(job, task)
+        while True:
+            try:
+                payload = await self._post(job, task)
+                break
+            except InvalidRequest as exc:
+                # An older service: at most two steps back (JSON cells, then JSON replies).
+                fallback = self._json_fallback(task, exc)
+                if fallback is None or fallback == task:
+                    raise
+                task = fallback
         return task, job.parse(task, payload)
 
     async def _post(self, job: EmbedJob, task: ChunkTask) -> Any:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ._anndata import write_embeddings
 from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._protocol import _is_int, rejects_npz
+from ._protocol import _is_int, rejects_cells_npz, rejects_npz
 from ._retry import RetryPolicy
 from ._version import __version__
 from .exceptions import ProtocolError, ServiceError
@@ -83,6 +83,7 @@ class ClientBase:
             self.cache = ChunkCache(directory, cache_max_bytes)
         self._cards: list[ModelCard] | None = None
         self._npz_ok = True  # until the service refuses the format field
+        self._cells_npz_ok = True  # until the service refuses the cells_npz field
         # Replaced by tests that must not really wait: called with each retry delay.
         self._sleep: Any = None
 
@@ -158,21 +159,41 @@ class ClientBase:
         return int(layer)
 
     def _current(self, task: ChunkTask) -> ChunkTask:
-        """The task as it should go out now: JSON once the service has refused npz."""
+        """The task as it should go out now: JSON once the service has refused npz, JSON
+        cells once it has refused ``cells_npz``."""
         if task.format == "npz" and self.transport_format == "auto" and not self._npz_ok:
             return task.as_json()
+        if task.cells_npz and not self._cells_npz_ok:
+            return task.with_json_cells()
         return task
 
     def _json_fallback(self, task: ChunkTask, exc: ServiceError) -> ChunkTask | None:
-        """The task as JSON when ``auto`` asked an older service for npz; else None."""
-        if task.format != "npz" or self.transport_format != "auto" or not rejects_npz(exc):
-            return None
-        if self._npz_ok:
-            logger.warning(
-                "%s does not accept the npz format (%s); using JSON", self.url, exc.message
-            )
-            self._npz_ok = False
-        return task.as_json()
+        """What to resend when an older service refused part of the npz transport; else None.
+
+        A service that predates ``cells_npz`` gets the cells as JSON lists (the reply format
+        stays); one that also predates the ``format`` field gets JSON both ways, under
+        ``auto`` (an explicit ``"npz"`` then fails with the service's message).
+        """
+        if task.format == "npz" and rejects_npz(exc):
+            if self.transport_format != "auto":
+                return None
+            if self._npz_ok:
+                logger.warning(
+                    "%s does not accept the npz format (%s); using JSON", self.url, exc.message
+                )
+                self._npz_ok = False
+            self._cells_npz_ok = False
+            return task.as_json()
+        if task.cells_npz and rejects_cells_npz(exc):
+            if self._cells_npz_ok:
+                logger.warning(
+                    "%s does not accept cells as cells_npz (%s); sending them as JSON",
+                    self.url,
+                    exc.message,
+                )
+                self._cells_npz_ok = False
+            return task.with_json_cells()
+        return None
 
     # -- progress ------------------------------------------------------------------------------
 

@@ -50,9 +50,10 @@ class Client(ClientBase):
         cache_dir: the cache's folder (default ``$SCSTRATA_CACHE_DIR``, else
             ``~/.cache/scstrata``).
         cache_max_bytes: the cache's size limit; least recently used results go first.
-        transport_format: ``"json"``, ``"npz"`` (binary replies), or ``"auto"``: npz for a
-            chunk whose result exceeds 200,000 floats, JSON otherwise, and JSON throughout
-            if the service turns out to predate npz.
+        transport_format: ``"json"``, ``"npz"`` (binary replies, and the cells sent as
+            binary ``cells_npz``), or ``"auto"``: npz for a chunk whose result exceeds
+            200,000 floats, JSON otherwise, and JSON throughout if the service turns out to
+            predate npz (JSON cells only, if it predates just ``cells_npz``).
         transport: an ``httpx`` transport to send requests through, instead of the network
             (for proxies, Unix sockets, or tests).
 
@@ -244,14 +245,16 @@ class Client(ClientBase):
         self, job: EmbedJob, task: ChunkTask, cancel: threading.Event
     ) -> tuple[ChunkTask, ChunkResult]:
         task = self._current(task)
-        try:
-            payload = self._post(job, task, cancel)
-        except InvalidRequest as exc:
-            fallback = self._json_fallback(task, exc)
-            if fallback is None:
-                raise
-            task = fallback
-            payload = self._post(job, task, cancel)
+        while True:
+            try:
+                payload = self._post(job, task, cancel)
+                break
+            except InvalidRequest as exc:
+                # An older service: at most two steps back (JSON cells, then JSON replies).
+                fallback = self._json_fallback(task, exc)
+                if fallback is None or fallback == task:
+                    raise
+                task = fallback
         return task, job.parse(task, payload)
 
     def _post(self, job: EmbedJob, task: ChunkTask, cancel: threading.Event) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -61,13 +61,20 @@ class ChunkTask:
     expected: tuple[int, ...] | None
     """The resolved layers the reply must hold exactly; None when unknown (no model card)."""
     format: TransportFormat = "json"
+    cells_npz: bool = False
+    """Send the cells as the binary ``cells_npz`` field (with the npz transport)."""
 
     @property
     def n_cells(self) -> int:
         return self.stop - self.start
 
     def as_json(self) -> ChunkTask:
-        return ChunkTask(self.index, self.start, self.stop, self.layers, self.expected, "json")
+        """JSON both ways: for a service that predates the npz transport."""
+        return replace(self, format="json", cells_npz=False)
+
+    def with_json_cells(self) -> ChunkTask:
+        """The same reply format, cells as JSON lists: for a service without ``cells_npz``."""
+        return replace(self, cells_npz=False)
 
 
 @dataclass
@@ -195,7 +202,10 @@ class EmbedJob:
     def tasks(
         self, transport_format: TransportChoice = "json", npz_ok: bool = True
     ) -> list[ChunkTask]:
-        """One request per chunk that still needs a layer, asking for all it needs at once."""
+        """One request per chunk that still needs a layer, asking for all it needs at once.
+
+        A chunk sent with the npz transport also sends its cells as ``cells_npz``.
+        """
         tasks = []
         for i, (start, stop) in enumerate(self.ranges):
             need = self.missing(i)
@@ -208,7 +218,7 @@ class EmbedJob:
                 expected = tuple(need)
             n_layers = len(need) if need is not None else None
             fmt = self._format(stop - start, n_layers, transport_format, npz_ok)
-            tasks.append(ChunkTask(i, start, stop, layers, expected, fmt))
+            tasks.append(ChunkTask(i, start, stop, layers, expected, fmt, fmt == "npz"))
         return tasks
 
     def _format(
@@ -238,6 +248,7 @@ class EmbedJob:
             pooling=self.pooling,
             options=self.options,
             format=task.format,
+            cells_npz=task.cells_npz,
         )
         return request_body(item)
 
