@@ -23,10 +23,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,cl
   --format=csv | tee "$OUT/nvidia-smi.csv"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
  'cudnn', torch.backends.cudnn.version())" | tee "$OUT/versions.txt"
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -p no:cacheprovider -rs -q --timeout 200 \
+timeout "${TEST_TIMEOUT:-180}" python3 -m pytest -p no:cacheprovider -rs -q --timeout 200 \
   tests/service/test_gpu.py tests/service/test_tahoe_gpu.py tests/service/test_geneformer_gpu.py \
   >"$OUT/gpu-tests.log" 2>&1
 echo "gpu tests exit $?"; tail -25 "$OUT/gpu-tests.log"
-timeout "${BENCH_TIMEOUT:-330}" python3 bench/gpu.py --out "$OUT/gpu.json" "$@" \
+timeout "${BENCH_TIMEOUT:-360}" python3 bench/gpu.py --out "$OUT/gpu.json" --profile "$OUT/profile.txt" "$@" \
   2>"$OUT/gpu-bench.err" >"$OUT/gpu-bench.out"
 echo "bench exit $?"; tail -4 "$OUT/gpu-bench.err"; cat "$OUT/gpu-bench.out"
