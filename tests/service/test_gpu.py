@@ -50,4 +50,4 @@ def test_default_token_budget_comes_from_free_gpu_memory(tiny_checkpoint):
     backend = ScFoundationBackend.load("scf", tiny_checkpoint)
     free, _ = torch.cuda.mem_get_info()
     assert 4096 <= backend.max_tokens <= min(1 << 20, free)
-    assert backend.attention == "nested"
+    assert backend.attention == "varlen"

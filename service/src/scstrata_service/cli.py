@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "--attention",
         # literal, not packing.ATTENTION_IMPLS: importing packing would load torch before exec
         choices=["per_cell", "nested", "varlen", "cudnn"],
-        help="packed attention kernel (default: nested on CUDA, per_cell on CPU; "
+        help="packed attention kernel (default: varlen on CUDA, per_cell on CPU; "
         "varlen and cudnn call the CUDA kernels directly)",
     )
     serve.add_argument(

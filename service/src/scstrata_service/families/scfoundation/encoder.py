@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.scfoundation.checkpoint import ScFoundationConfig
+from scstrata_service.fused import linear_relu
 from scstrata_service.packing import (
     PackedLayout,
     compiled,
@@ -71,7 +72,8 @@ def packed_block(
     q, k, v = qkv.unbind(1)
     mixed = packed_attention(q, k, v, layout, attention).reshape(tokens, dim)
     x = block.norm1(x + attn.out_proj(mixed))
-    return block.norm2(x + block.linear2(F.relu(block.linear1(x))))
+    hidden = linear_relu(x, block.linear1.weight, block.linear1.bias)
+    return block.norm2(x + block.linear2(hidden))
 
 
 class ScFoundationEncoder(nn.Module):

@@ -1,0 +1,44 @@
+"""The engine: items of one dispatch share packed passes, tokenized ahead of the accelerator."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scstrata_service.engine import EmbedJob, run_jobs, tokenized_groups
+from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+
+from helpers import make_cells
+
+
+def jobs_for(backend, vocabulary, sizes, seed=0):
+    jobs = []
+    for i, n in enumerate(sizes):
+        counts, genes = make_cells(vocabulary, n_cells=n, n_genes=300, seed=seed + i)
+        jobs.append(EmbedJob(backend, counts, genes, [("S", [1, 3]), ("mean", [2])]))
+    return jobs
+
+
+def test_groups_hold_a_token_budget_and_keep_job_order(tiny_checkpoint, vocabulary):
+    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    jobs = jobs_for(backend, vocabulary, [5, 9, 2, 7, 4, 6])
+    groups = list(tokenized_groups(backend, jobs))
+    positions = [p for group in groups for p, _ in group]
+    assert positions == list(range(len(jobs)))
+    assert len(groups) > 1
+    for group in groups[:-1]:  # every group but the last reaches the budget
+        assert sum(int(t.offsets[-1]) for _, t in group) >= 1500
+
+
+def test_grouped_dispatch_equals_each_job_alone(tiny_checkpoint, vocabulary):
+    small = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    jobs = jobs_for(small, vocabulary, [5, 9, 2, 7, 4, 6], seed=20)
+    together = run_jobs(jobs)
+    for job, result in zip(jobs, together):
+        (alone,) = run_jobs([job])
+        assert len(result.outputs) == 2
+        for got, want in zip(result.outputs, alone.outputs):
+            assert sorted(got) == sorted(want)
+            for k in want:
+                assert got[k].shape == (job.counts.shape[0], want[k].shape[1])
+                np.testing.assert_allclose(got[k], want[k], atol=1e-5)
+        assert result.unmapped_genes == alone.unmapped_genes == ["NOT_A_GENE", "ALSO_NOT"]
