@@ -241,12 +241,37 @@ def http_cells_per_s(
                     return len(next(iter(out.values())))
 
                 run()  # warm-up: CUDA context, kernels, BentoML's batching model
+                before = server_counters(url)
                 start = time.perf_counter()
                 done = run()
                 seconds = time.perf_counter() - start
-            rows.append({"chunk": chunk, "in_flight": in_flight, "cells_per_s": done / seconds})
+                after = server_counters(url)
+            dispatches = after["dispatches"] - before["dispatches"]
+            rows.append(
+                {
+                    "chunk": chunk,
+                    "in_flight": in_flight,
+                    "cells_per_s": done / seconds,
+                    "dispatches": int(dispatches),
+                    # share of the wall time the server spent inside its embed dispatches
+                    "server_busy_share": round((after["busy_s"] - before["busy_s"]) / seconds, 3),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def server_counters(url: str) -> dict[str, float]:
+    """Dispatches so far and seconds spent embedding them, from the service's /metrics."""
+    import httpx
+
+    totals = {"dispatches": 0.0, "busy_s": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+            totals["dispatches"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("scstrata_embed_seconds_sum"):
+            totals["busy_s"] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 # (attention kernel, torch.compile) pairs measured in-process besides the default

@@ -24,6 +24,7 @@ def test_compiled_blocks_match_eager_blocks_across_batch_sizes(tmp_path, family)
     counts, genes = make_cells(eager.known_genes(), n_cells=30, n_genes=600, seed=8)
     cells = eager.tokenize(counts, genes, {})
     pooling = eager.card.default_pooling
+    torch._dynamo.reset()  # forget graphs compiled by earlier tests
     torch._dynamo.utils.counters.clear()
     got = fused.embed(cells, [1, 3], [pooling])[pooling]
     want = eager.embed(cells, [1, 3], [pooling])[pooling]
@@ -38,3 +39,53 @@ def test_cuda_only_attention_kernels_are_refused_on_cpu(tmp_path):
         FAMILIES["scfoundation"]("scf", folder, device="cpu", attention="varlen")
     with pytest.raises(ValueError, match="attention must be one of"):
         FAMILIES["scfoundation"]("scf", folder, device="cpu", attention="flashy")
+
+
+def test_a_failed_compilation_falls_back_to_eager_blocks(tiny_checkpoint, monkeypatch):
+    from scstrata_service.families.scfoundation import encoder as scf_encoder
+    from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+
+    def broken_compile(fn):
+        def run(*args, **kwargs):
+            raise torch._dynamo.exc.TorchDynamoException("no C compiler for Triton (simulated)")
+
+        return run
+
+    monkeypatch.setattr(scf_encoder, "compiled", broken_compile)
+    backend = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=True)
+    eager = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=False)
+    counts, genes = make_cells(eager.known_genes(), n_cells=6, seed=3)
+    cells = eager.tokenize(counts, genes, {})
+    got = backend.embed(cells, [2], ["S"])["S"][2]
+    assert backend.encoder.compile_blocks is False
+    np.testing.assert_allclose(got, eager.embed(cells, [2], ["S"])["S"][2], atol=1e-6)
+
+
+def test_compile_is_on_by_default_only_on_cuda_and_warm_up_compiles(tiny_checkpoint):
+    from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+    from scstrata_service.registry import ModelSpec, Registry
+
+    assert (
+        ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu").encoder.compile_blocks
+        is False
+    )
+    torch._dynamo.reset()  # forget graphs compiled by earlier tests
+    torch._dynamo.utils.counters.clear()
+    registry = Registry.load(
+        [ModelSpec("scf", "scfoundation", str(tiny_checkpoint.parent))],
+        device="cpu",
+        compile_blocks=True,
+    )
+    assert registry.get("scf").encoder.compile_blocks is True
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled at load
+
+
+def test_compile_setting_is_a_strict_flag(monkeypatch):
+    from scstrata_service.settings import Settings
+
+    for text, value in (("1", True), ("0", False), ("", None), ("true", True)):
+        monkeypatch.setenv("SCSTRATA_COMPILE", text)
+        assert Settings.from_env().compile_blocks is value
+    monkeypatch.setenv("SCSTRATA_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="SCSTRATA_COMPILE must be 1 or 0"):
+        Settings.from_env()

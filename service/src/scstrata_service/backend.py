@@ -87,6 +87,10 @@ class ModelBackend(abc.ABC):
 
     card: ModelCard
 
+    def warm_up(self) -> None:
+        """Anything worth doing once before the first request (nothing by default)."""
+        return None
+
     @abc.abstractmethod
     def known_genes(self) -> list[str]:
         """The gene names the model's vocabulary maps (symbols or Ensembl ids, per card)."""

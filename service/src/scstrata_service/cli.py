@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--compile",
         choices=["0", "1"],
-        help="1: run encoder blocks under torch.compile (first batch compiles)",
+        help="encoder blocks under torch.compile: 1 or 0 (default: 1 on CUDA, 0 on CPU; "
+        "compiles at start-up, falls back to eager if compiling fails)",
     )
     serve.add_argument(
         "--token-file",

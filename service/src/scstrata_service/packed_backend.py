@@ -8,7 +8,9 @@ A family supplies its card, tokenizer (``check`` / ``tokenize``) and encoder, an
 from __future__ import annotations
 
 import abc
+import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,17 +20,21 @@ import torch
 
 from scstrata_service.backend import ModelBackend, ModelCard, PooledLayers, TokenizedCells
 from scstrata_service.packing import (
+    COMPILE_ERRORS,
     PackedLayout,
     check_attention,
     default_attention,
+    default_compile,
     default_max_tokens,
     embed_in_batches,
     gather_rows,
 )
 
-# One forward pass at a time per device: the service runs two dispatches at once so that one
-# tokenizes and encodes replies while the other computes, and each pass's token budget assumes
-# it has the accelerator's memory to itself.
+# One forward pass at a time per device: each pass's token budget assumes it has the
+# accelerator's memory to itself (BentoML already runs one dispatch at a time; this also holds
+# for library use from several threads).
+log = logging.getLogger(__name__)
+
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -47,15 +53,18 @@ class PackedBackend(ModelBackend):
         device: torch.device,
         max_tokens: int | None = None,
         attention: str | None = None,
-        compile_blocks: bool = False,
+        compile_blocks: bool | None = None,
     ):
         self.card, self.encoder, self.tokenizer, self.device = card, encoder, tokenizer, device
         # bf16 transformer blocks on GPU; each family keeps its input embeddings in fp32.
         self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.max_tokens = max_tokens or default_max_tokens(device, card.hidden_size)
         self.attention = check_attention(attention or default_attention(device), device)
-        # torch.compile fuses each block's norms, activations and residuals around the
-        # attention kernel (bench/gpu.py measures it); the first batch pays the compilation.
+        # torch.compile fuses each block's residual adds into its norms around the attention
+        # kernel: +3-5% on an H200 (bench/RESULTS.md), so on by default there; on CPU it was no
+        # faster. The first batch compiles (see warm_up); a failure falls back to eager.
+        if compile_blocks is None:
+            compile_blocks = default_compile(device)
         encoder.compile_blocks = compile_blocks
 
     def check_input(
@@ -79,10 +88,31 @@ class PackedBackend(ModelBackend):
 
         def forward(batch: TokenizedCells) -> PooledLayers:
             layout = PackedLayout.from_offsets(np.asarray(batch.offsets), self.device)
-            return gather_rows(self.forward_batch(batch, layout, layers, poolings))
+            try:
+                return gather_rows(self.forward_batch(batch, layout, layers, poolings))
+            except COMPILE_ERRORS as err:
+                if not self.encoder.compile_blocks:
+                    raise
+                # e.g. no C compiler for Triton on this host: serve eagerly instead of failing
+                log.warning("%s: torch.compile failed (%s); running eagerly", self.card.name, err)
+                self.encoder.compile_blocks = False
+                return gather_rows(self.forward_batch(batch, layout, layers, poolings))
 
         with device_lock(self.device):
             return embed_in_batches(cells, self.max_tokens, forward)
+
+    def warm_up(self) -> None:
+        """One tiny embedding through the whole path, so that compiling (when on) happens at
+        start-up rather than in the first request; dynamic shapes then serve every batch."""
+        if not self.encoder.compile_blocks:
+            return
+        genes = self.known_genes()[:64]
+        counts = sp.csr_matrix(np.full((2, len(genes)), 2.0))
+        started = time.perf_counter()
+        self.embed(
+            self.tokenize(counts, genes, {}), [self.card.n_layers], [self.card.default_pooling]
+        )
+        log.info("%s: warmed up in %.1f s", self.card.name, time.perf_counter() - started)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         """Host array -> device tensor; pinned and non-blocking on CUDA."""

@@ -50,6 +50,16 @@ def default_attention(device: torch.device) -> str:
     return "varlen" if device.type == "cuda" else "per_cell"
 
 
+def default_compile(device: torch.device) -> bool:
+    # H200: +3.4% and +4.9% cells/s in two runs (beyond run-to-run noise of ~2%), crossing 50%
+    # of the bf16 peak; on CPU the compiled blocks were no faster (bench/RESULTS.md).
+    return device.type == "cuda"
+
+
+# What a failed torch.compile raises (Dynamo's and Inductor's errors share this base).
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)
+
+
 def check_attention(impl: str, device: torch.device) -> str:
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")

@@ -80,12 +80,13 @@ class Registry:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        return cls(
-            {
-                s.name: FAMILIES[s.family](s.name, Path(s.path), **{**settings, **s.settings})
-                for s in specs
-            }
-        )
+        backends = {
+            s.name: FAMILIES[s.family](s.name, Path(s.path), **{**settings, **s.settings})
+            for s in specs
+        }
+        for backend in backends.values():
+            backend.warm_up()  # /readyz waits for this: no first request pays a compilation
+        return cls(backends)
 
     def get(self, name: str) -> ModelBackend:
         try:

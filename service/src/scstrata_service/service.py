@@ -37,9 +37,7 @@ models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
 
 
 @bentoml.asgi_app(models_app, path="/")
-# threads=2: while one dispatch holds the device (packed_backend.device_lock), the next one
-# tokenizes its cells and the previous one encodes its replies.
-@bentoml.service(name="scstrata", workers=1, threads=2, traffic={"timeout": 3600})
+@bentoml.service(name="scstrata", workers=1, traffic={"timeout": 3600})
 class Embedder:
     def __init__(self) -> None:
         self.registry = Registry.load(specs_from_env(), **SETTINGS.backend_settings())

@@ -11,6 +11,18 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _flag(name: str) -> bool | None:
+    """1/true/yes or 0/false/no; unset or empty: None (the default for the device)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, got {value!r}")
+
+
 def _token() -> str | None:
     if os.environ.get("SCSTRATA_TOKEN"):
         return os.environ["SCSTRATA_TOKEN"]
@@ -34,7 +46,7 @@ class Settings:
     max_tokens: int | None  # SCSTRATA_MAX_TOKENS: tokens per forward pass (default: by device)
     device: str | None  # SCSTRATA_DEVICE: e.g. "cpu", "cuda:0" (default: CUDA when present)
     attention: str | None  # SCSTRATA_ATTENTION: per_cell | nested | varlen | cudnn (by device)
-    compile_blocks: bool  # SCSTRATA_COMPILE=1: run encoder blocks under torch.compile
+    compile_blocks: bool | None  # SCSTRATA_COMPILE=1|0: blocks under torch.compile (by device)
     token: str | None  # SCSTRATA_TOKEN or the file SCSTRATA_TOKEN_FILE: bearer auth when set
 
     @classmethod
@@ -49,7 +61,7 @@ class Settings:
             max_tokens=_int("SCSTRATA_MAX_TOKENS", 0) or None,
             device=os.environ.get("SCSTRATA_DEVICE") or None,
             attention=os.environ.get("SCSTRATA_ATTENTION") or None,
-            compile_blocks=os.environ.get("SCSTRATA_COMPILE", "0") not in ("", "0", "false"),
+            compile_blocks=_flag("SCSTRATA_COMPILE"),
             token=_token(),
         )
 

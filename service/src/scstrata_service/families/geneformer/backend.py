@@ -39,7 +39,7 @@ class GeneformerBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
-        compile_blocks: bool = False,
+        compile_blocks: bool | None = None,
         token_dictionary: str | None = None,
         gene_median_file: str | None = None,
         gene_mapping_file: str | None = None,

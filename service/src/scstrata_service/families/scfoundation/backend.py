@@ -31,7 +31,7 @@ class ScFoundationBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
-        compile_blocks: bool = False,
+        compile_blocks: bool | None = None,
         runtime: str = "torch",
         onnx_cache_dir: str | Path | None = None,
     ) -> ScFoundationBackend:

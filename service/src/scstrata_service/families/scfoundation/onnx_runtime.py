@@ -138,6 +138,7 @@ class OnnxScFoundationBackend(ScFoundationBackend):
                     "onnxruntime-gpu instead of onnxruntime on GPU hosts, never both)"
                 )
         self.compute_dtype = torch.float32  # the graphs are fp32 on every provider
+        self.encoder.compile_blocks = False  # ONNX Runtime runs the blocks, not torch
         self.cache_dir = Path(cache_dir)
         self.providers = providers()
         self.exported: list[int] = []  # depths this instance exported (others came cached)

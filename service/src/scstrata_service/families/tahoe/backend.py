@@ -45,7 +45,7 @@ class TahoeBackend(PackedBackend):
         device: str | None = None,
         max_tokens: int | None = None,
         attention: str | None = None,
-        compile_blocks: bool = False,
+        compile_blocks: bool | None = None,
     ) -> TahoeBackend:
         ckpt = load_checkpoint(Path(path))
         encoder = TahoeEncoder(ckpt.config)
