@@ -52,8 +52,9 @@ class Client(ClientBase):
         cache_max_bytes: the cache's size limit; least recently used results go first.
         transport_format: ``"json"``, ``"npz"`` (binary replies, and the cells sent as
             binary ``cells_npz``), or ``"auto"``: npz for a chunk whose result exceeds
-            200,000 floats, JSON otherwise, and JSON throughout if the service turns out to
-            predate npz (JSON cells only, if it predates just ``cells_npz``).
+            200,000 floats or whose cells hold more than 100,000 non-zeros, JSON otherwise,
+            and JSON throughout if the service turns out to predate npz (JSON cells only, if
+            it predates just ``cells_npz``).
         transport: an ``httpx`` transport to send requests through, instead of the network
             (for proxies, Unix sockets, or tests).
 
