@@ -214,14 +214,19 @@ HTTP_CLIENTS = [(64, 8), (128, 16), (1000, 4)]
 
 
 def http_cells_per_s(
-    checkpoint: Path, counts, genes, max_tokens: int, kernel: tuple[str, bool] | None = None
+    checkpoint: Path,
+    counts,
+    genes,
+    max_tokens: int,
+    kernel: tuple[str, bool] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[dict]:
     """Steady-state cells/s through the HTTP service on loopback, for each client shape in
     HTTP_CLIENTS: request encoding, tokenization and replies overlap the accelerator's work."""
     from scstrata_client import Client
     from scstrata_service.launcher import running_service
 
-    env = {"SCSTRATA_MAX_TOKENS": str(max_tokens)}
+    env = {**(env or {}), "SCSTRATA_MAX_TOKENS": str(max_tokens)}
     if kernel is not None:
         env["SCSTRATA_ATTENTION"], env["SCSTRATA_COMPILE"] = kernel[0], str(int(kernel[1]))
     rows = []

@@ -42,3 +42,21 @@ def test_grouped_dispatch_equals_each_job_alone(tiny_checkpoint, vocabulary):
                 assert got[k].shape == (job.counts.shape[0], want[k].shape[1])
                 np.testing.assert_allclose(got[k], want[k], atol=1e-5)
         assert result.unmapped_genes == alone.unmapped_genes == ["NOT_A_GENE", "ALSO_NOT"]
+
+
+def test_jobs_tokenized_at_validation_are_not_tokenized_again(tiny_checkpoint, vocabulary):
+    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    jobs = jobs_for(backend, vocabulary, [4, 6, 3], seed=40)
+    want = run_jobs(jobs)
+    for job in jobs:
+        job.tokens = backend.tokenize(job.counts, job.genes, job.options)
+
+    def refuse(*args):
+        raise AssertionError("tokenized twice")
+
+    backend.tokenize = refuse
+    got = run_jobs(jobs)
+    for a, b in zip(got, want):
+        for x, y in zip(a.outputs, b.outputs):
+            for k in y:
+                np.testing.assert_allclose(x[k], y[k], atol=1e-6)

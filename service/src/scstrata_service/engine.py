@@ -1,9 +1,11 @@
 """Turn a dispatch of request items into pooled layers, one model at a time.
 
-Items of concurrent requests arrive together (BentoML adaptive batching). For each model,
-their cells are tokenized per item (genes differ between requests) on a helper thread, and
-packed into groups of at least one token budget as they become ready: the accelerator starts
-on the first group while later items are still being tokenized. Each group runs once up to the
+Items of concurrent requests arrive together (BentoML adaptive batching). The service hands
+over items already tokenized (each request is tokenized when it is validated, while the
+previous dispatch runs); items without tokens are tokenized here, per item (genes differ
+between requests) on a helper thread. For each model they are packed into groups of at least
+one token budget as they become ready, so the accelerator starts on the first group while
+later items are still being tokenized. Each group runs once up to the
 deepest layer any item asked for; each item then gets back its own cells, layers and poolings,
 in its own order.
 """
@@ -29,6 +31,7 @@ class EmbedJob:
     genes: Sequence[str]
     outputs: Sequence[tuple[str, Sequence[int]]]  # (pooling, layers) sets, one pass for all
     options: Mapping[str, object] = field(default_factory=dict)
+    tokens: TokenizedCells | None = None  # the backend's tokens of ``counts``, if done already
 
 
 @dataclass
@@ -74,6 +77,12 @@ def job_result(
     )
 
 
+def _tokens_of(backend: ModelBackend, job: EmbedJob) -> TokenizedCells:
+    if job.tokens is not None:
+        return job.tokens
+    return backend.tokenize(job.counts, job.genes, job.options)
+
+
 def tokenized_groups(
     backend: ModelBackend, jobs: Sequence[EmbedJob]
 ) -> Iterator[list[tuple[int, TokenizedCells]]]:
@@ -82,7 +91,7 @@ def tokenized_groups(
     budget = getattr(backend, "max_tokens", None) or float("inf")
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scstrata-tokenize")
     try:
-        futures = [pool.submit(backend.tokenize, j.counts, j.genes, j.options) for j in jobs]
+        futures = [pool.submit(_tokens_of, backend, job) for job in jobs]
         group: list[tuple[int, TokenizedCells]] = []
         size = 0
         for position, future in enumerate(futures):

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from scstrata_service.backend import InputError, ModelCard
+from scstrata_service.backend import InputError, ModelCard, TokenizedCells
 from scstrata_service.layers import LayerError, resolve_layers
 from scstrata_service.registry import active
 from scstrata_service.settings import SETTINGS
@@ -212,6 +212,7 @@ class EmbedItem(OutputSpec):
     _counts: sp.csr_matrix = PrivateAttr()
     _genes: list[str] = PrivateAttr()
     _outputs: list[tuple[str, list[int]]] = PrivateAttr()
+    _tokens: TokenizedCells = PrivateAttr()
 
     @model_validator(mode="after")
     def _check_against_model(self) -> EmbedItem:
@@ -231,9 +232,12 @@ class EmbedItem(OutputSpec):
             self._check_limits(counts.shape)
             self._check_genes(genes, counts.shape[1])
             backend.check_input(counts, genes, self.options)
+            # Tokenized here, per request and before batching: BentoML runs one dispatch at a
+            # time, and validation runs while the previous dispatch has the accelerator.
+            tokens = backend.tokenize(counts, genes, self.options)
         except InputError as err:
             raise ValueError(str(err)) from None
-        self._counts, self._genes = counts, genes
+        self._counts, self._genes, self._tokens = counts, genes, tokens
         return self
 
     @staticmethod
@@ -314,6 +318,11 @@ class EmbedItem(OutputSpec):
     @property
     def gene_names(self) -> list[str]:
         return self._genes
+
+    @property
+    def tokens(self) -> TokenizedCells:
+        """The cells as the model's tokens (tokenized when the request was validated)."""
+        return self._tokens
 
     @property
     def outputs(self) -> list[tuple[str, list[int]]]:

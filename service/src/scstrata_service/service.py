@@ -64,6 +64,7 @@ class Embedder:
                 genes=item.gene_names,
                 outputs=item.outputs,
                 options=item.options,
+                tokens=item.tokens,
             )
             for item in items
         ]

@@ -1,0 +1,59 @@
+"""HTTP overhead without a GPU: the service's host work against a simulated accelerator.
+
+The service is launched with bench/simulated_accelerator on PYTHONPATH, which turns every
+forward pass into a sleep of tokens / rate (no CPU used, the GIL released, as when waiting on
+a GPU). What remains is the real HTTP path: client encoding, request validation and
+tokenization, BentoML's batching, replies. "In-process" is the simulated accelerator time
+alone, so HTTP ÷ in-process is the share of accelerator throughput the HTTP path keeps.
+Default rate: scFoundation's 768/12/12 on an H200 in bench/RESULTS.md (1.36M tokens/s).
+
+    python bench/http_overhead.py                 # 2,048 cells, the client shapes of gpu.py
+    python bench/http_overhead.py --rate 3e5      # a slower accelerator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import synthetic_cells
+from gpu import http_cells_per_s
+
+from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
+
+SIMULATOR = Path(__file__).parent / "simulated_accelerator"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1.36e6, help="simulated tokens/s")
+    parser.add_argument("--cells", type=int, default=2048)
+    parser.add_argument("--median", type=int, default=2000)
+    args = parser.parse_args(argv)
+
+    checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, depth=2, heads=4)
+    backend = ScFoundationBackend.load("bench", checkpoint, device="cpu")
+    counts, genes = synthetic_cells(
+        backend.tokenizer.vocabulary, args.cells, args.median, 200, 6000, seed=1
+    )
+    tokens = int(backend.tokenize(counts, genes, {}).offsets[-1])
+    accelerator_s = tokens / args.rate
+    path = os.pathsep.join(filter(None, [str(SIMULATOR), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "SCSTRATA_SIMULATED_TOKENS_PER_S": str(args.rate)}
+    rows = http_cells_per_s(checkpoint, counts, genes, 1 << 20, env=env)
+    for row in rows:
+        row["http_vs_in_process"] = round(accelerator_s / (args.cells / row["cells_per_s"]), 3)
+        row["cells_per_s"] = round(row["cells_per_s"], 2)
+    report = {"cells": args.cells, "tokens": tokens, "tokens_per_s": args.rate, "clients": rows}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
