@@ -44,9 +44,9 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def default_attention(device: torch.device) -> str:
-    # On an H200 the direct varlen flash call beat jagged nested tensors by 14% (no copies of
-    # q/k/v, no host syncs) and cuDNN's ragged path by 1.9x; on CPU nested-tensor SDPA was ~70x
-    # slower than a loop of per-cell SDPA calls (bench/RESULTS.md).
+    # On an H200 the direct varlen flash call beat jagged nested tensors by 12-14% (no copies of
+    # q/k/v, no host syncs) and cuDNN's ragged path by 1.7-1.9x; on CPU nested-tensor SDPA was
+    # ~70x slower than a loop of per-cell SDPA calls (bench/RESULTS.md).
     return "varlen" if device.type == "cuda" else "per_cell"
 
 
