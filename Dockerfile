@@ -11,10 +11,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
     BENTOML_HOME=/home/scstrata/bentoml \
     PATH=/opt/venv/bin:$PATH
 
-# Distribution python; curl for the health check. Versions float with the base image.
+# Distribution python; curl for the health check; a C compiler and Python's headers because
+# Triton builds its kernel launchers when torch.compile runs (on by default on CUDA; without
+# them the service logs a warning and runs eager blocks, ~4% slower on an H200).
+# Versions float with the base image.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv curl ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+       curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
