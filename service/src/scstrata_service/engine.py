@@ -5,9 +5,8 @@ over items already tokenized (each request is tokenized when it is validated, wh
 previous dispatch runs); items without tokens are tokenized here, per item (genes differ
 between requests) on a helper thread. For each model they are packed into groups of at least
 one token budget as they become ready, so the accelerator starts on the first group while
-later items are still being tokenized. Each group runs once up to the
-deepest layer any item asked for; each item then gets back its own cells, layers and poolings,
-in its own order.
+later items are still being tokenized. Each group runs once up to the deepest layer any item
+asked for; each item then gets back its own cells, layers and poolings, in its own order.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from scstrata_service.packing import (
     gather_rows,
 )
 
+log = logging.getLogger(__name__)
+
 # One forward pass at a time per device: each pass's token budget assumes it has the
 # accelerator's memory to itself (BentoML already runs one dispatch at a time; this also holds
 # for library use from several threads).
-log = logging.getLogger(__name__)
-
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 

@@ -194,8 +194,7 @@ def packed_attention(
     Goes through one registered operator, so ``torch.compile`` can fuse the dense work around
     it (projections, norms, activations) while attention stays an opaque kernel call.
     """
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    check_attention(impl, q.device)
     return _attention_op(q, k, v, layout.offsets, layout.cu_seqlens, layout.max_length, impl)
 
 

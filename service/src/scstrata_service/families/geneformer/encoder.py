@@ -112,10 +112,10 @@ class GeneformerEncoder(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(k, states [tokens, dim])`` for k = 0..last; blocks after ``last`` never run."""
-        longest = max(e - s for s, e in zip(layout.bounds[:-1], layout.bounds[1:]))
-        if longest > self.max_positions:
+        if layout.max_length > self.max_positions:
             raise ValueError(
-                f"a cell of {longest} tokens exceeds the model's {self.max_positions} positions"
+                f"a cell of {layout.max_length} tokens exceeds the model's "
+                f"{self.max_positions} positions"
             )
         # host-side sizes (layout.bounds) keep these index ops free of device syncs
         starts = torch.repeat_interleave(
