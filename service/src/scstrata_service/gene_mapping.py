@@ -18,3 +18,18 @@ def to_model_genes(counts: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> 
     out.eliminate_zeros()
     out.sort_indices()
     return out
+
+
+def mapped_totals(counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """Per cell, the sum of its values over the columns a model knows (``columns >= 0``): the
+    row sums of :func:`to_model_genes` without building that matrix (a cheap check)."""
+    known = (columns >= 0).astype(np.float64)
+    return np.asarray(sp.csr_matrix(counts) @ known).ravel()
+
+
+def mapped_nonzeros(counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """Per cell, how many of its non-zero values lie in columns a model knows."""
+    counts = sp.csr_matrix(counts)
+    row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    keep = (columns[counts.indices] >= 0) & (counts.data != 0)
+    return np.bincount(row_of[keep], minlength=counts.shape[0])

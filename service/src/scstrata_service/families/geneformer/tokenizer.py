@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
-from scstrata_service.gene_mapping import to_model_genes
+from scstrata_service.gene_mapping import mapped_nonzeros, to_model_genes
 
 TARGET_SUM = 10_000.0
 MAX_LISTED = 20
@@ -112,8 +112,7 @@ class GeneformerTokenizer:
                 "cells.data: Geneformer expects raw counts (whole numbers); for depth-scaled "
                 'counts (not log-transformed) set options {"allow_non_integer": true}'
             )
-        x = self.to_dictionary(counts, columns)
-        empty = np.flatnonzero(np.diff(x.indptr) == 0)
+        empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
         if len(empty):
             raise InputError(
                 f"cells: {len(empty)} cell(s) express none of the model's dictionary genes, so "

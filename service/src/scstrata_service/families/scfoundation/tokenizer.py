@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
-from scstrata_service.gene_mapping import to_model_genes
+from scstrata_service.gene_mapping import mapped_totals, to_model_genes
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
 MAX_LISTED = 20
@@ -95,7 +95,7 @@ class ScFoundationTokenizer:
                     "cells.data: raw counts must be whole numbers; for log-normalised input "
                     'set options {"pre_normalized": true}'
                 )
-        total = np.asarray(self.to_vocabulary(counts, columns).sum(axis=1)).ravel()
+        total = mapped_totals(counts, columns)
         bad = np.flatnonzero((total <= 1) | (opts.target_token(total) <= 0))
         if len(bad):
             listed = ", ".join(map(str, bad[:MAX_LISTED])) + (" …" if len(bad) > MAX_LISTED else "")
