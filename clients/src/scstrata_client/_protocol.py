@@ -6,7 +6,6 @@ server.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 import httpx
 import numpy as np
+import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
 import pydantic
 import scipy.sparse as sp
 
@@ -162,7 +162,7 @@ def encode_cells_npz(chunk: sp.csr_matrix) -> str:
         indptr=np.asarray(chunk.indptr, dtype=index_type),
         shape=np.asarray(chunk.shape, dtype=np.int64),
     )
-    return base64.b64encode(buffer.getbuffer()).decode("ascii")
+    return pybase64.b64encode(buffer.getbuffer()).decode("ascii")
 
 
 def request_body(item: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +217,7 @@ def parse_embed_reply(
         raise ProtocolError(f"sent {n_rows} cells but the reply says n_cells={result.n_cells}")
     if result.layers is None and result.npz is not None:
         try:
-            raw = base64.b64decode(result.npz, validate=True)
+            raw = pybase64.b64decode(result.npz, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ProtocolError(f"the reply's npz is not valid base64 ({exc})") from exc
         chunk = parse_npz(raw, n_rows, model=result.model, pooling=result.pooling)

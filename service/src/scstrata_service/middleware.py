@@ -5,11 +5,12 @@ Kept out of the service class so the batchable endpoint stays the only thing Ben
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -203,5 +204,5 @@ class _NpzUnwrapper:
         except ValueError:
             return None
         if isinstance(results, list) and len(results) == 1 and results[0].get("npz"):
-            return base64.b64decode(results[0]["npz"])
+            return pybase64.b64decode(results[0]["npz"])
         return None

@@ -7,7 +7,6 @@ adaptive batch, would fail every request merged into it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 from http import HTTPStatus
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 import anndata
 import numpy as np
+import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
 import scipy.sparse as sp
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -121,7 +121,7 @@ class CellsNpz:
 
     def __init__(self, encoded: str):
         try:
-            raw = base64.b64decode(encoded, validate=True)
+            raw = pybase64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise InputError(f"cells_npz: not valid base64; {_NPZ_HOWTO}") from None
         try:
@@ -355,7 +355,7 @@ def read_h5ad_upload(
 ) -> tuple[sp.csr_matrix, list[str]]:
     """Counts and gene names from a base64-encoded .h5ad (dense or sparse X or layer)."""
     try:
-        raw = base64.b64decode(encoded, validate=True)
+        raw = pybase64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InputError("h5ad: not valid base64; encode the file's bytes with base64") from None
     try:

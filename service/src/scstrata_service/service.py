@@ -7,12 +7,12 @@ batchable method or service fail under load). ``GET /models`` lists the model ca
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 
 import bentoml
 import numpy as np
+import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
 from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -112,7 +112,7 @@ def encode_npz(result: JobResult) -> str:
     arrays["n_unmapped_genes"] = np.array(len(result.unmapped_genes), dtype=np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return pybase64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 Embedder.add_asgi_middleware(
