@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import threading
 
-from scstrata_service.engine import EmbedJob, run_jobs, tokenized_groups
+import numpy as np
+import pytest
+
+from scstrata_service.engine import EmbedJob, run_jobs, tokenize_soon, tokenized_groups
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 
 from helpers import make_cells
@@ -56,6 +59,30 @@ def test_jobs_tokenized_at_validation_are_not_tokenized_again(tiny_checkpoint, v
 
     backend.tokenize = refuse
     got = run_jobs(jobs)
+    for a, b in zip(got, want):
+        for x, y in zip(a.outputs, b.outputs):
+            for k in y:
+                np.testing.assert_allclose(x[k], y[k], atol=1e-6)
+
+
+def test_tokens_still_on_their_way_are_awaited_not_redone(tiny_checkpoint, vocabulary):
+    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    jobs = jobs_for(backend, vocabulary, [4, 6, 3], seed=60)
+    want = run_jobs(jobs)
+    tokenized_on = []
+    tokenize = backend.tokenize
+
+    def record_thread(*args):
+        tokenized_on.append(threading.current_thread().name)
+        return tokenize(*args)
+
+    backend.tokenize = record_thread
+    for job in jobs:
+        job.tokens = tokenize_soon(backend, job.counts, job.genes, job.options)
+    backend.tokenize = lambda *args: pytest.fail("tokenized twice")
+    got = run_jobs(jobs)
+    assert len(tokenized_on) == len(jobs)
+    assert all(name.startswith("scstrata-tokenize") for name in tokenized_on)
     for a, b in zip(got, want):
         for x, y in zip(a.outputs, b.outputs):
             for k in y:

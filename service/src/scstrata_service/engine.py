@@ -1,19 +1,21 @@
 """Turn a dispatch of request items into pooled layers, one model at a time.
 
-Items of concurrent requests arrive together (BentoML adaptive batching). The service hands
-over items already tokenized (each request is tokenized when it is validated, while the
-previous dispatch runs); items without tokens are tokenized here, per item (genes differ
-between requests) on a helper thread. For each model they are packed into groups of at least
-one token budget as they become ready, so the accelerator starts on the first group while
+Items of concurrent requests arrive together (BentoML adaptive batching). Tokenization runs on
+a small shared thread pool, off the event loop: the service submits each request's
+tokenization as soon as the request is validated (:func:`tokenize_soon`), so it overlaps the
+dispatch that has the accelerator; items without tokens are submitted here, per item (genes
+differ between requests). For each model the items are packed into groups of at least one
+token budget as their tokens become ready, so the accelerator starts on the first group while
 later items are still being tokenized. Each group runs once up to the deepest layer any item
 asked for; each item then gets back its own cells, layers and poolings, in its own order.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,7 @@ import scipy.sparse as sp
 
 from scstrata_service.backend import ModelBackend, PooledLayers, TokenizedCells
 from scstrata_service.metrics import observe_passes, record_request
+from scstrata_service.settings import SETTINGS
 
 
 @dataclass
@@ -30,7 +33,8 @@ class EmbedJob:
     genes: Sequence[str]
     outputs: Sequence[tuple[str, Sequence[int]]]  # (pooling, layers) sets, one pass for all
     options: Mapping[str, object] = field(default_factory=dict)
-    tokens: TokenizedCells | None = None  # the backend's tokens of ``counts``, if done already
+    # the backend's tokens of ``counts``: done, on their way (tokenize_soon), or None (do it here)
+    tokens: TokenizedCells | Future[TokenizedCells] | None = None
 
 
 @dataclass
@@ -39,30 +43,49 @@ class JobResult:
     unmapped_genes: list[str]
 
 
+# Dispatches in flight at once (dispatch.py) take the accelerator in turn, each for all of its
+# passes: the next one waits ready while the previous one computes, and the previous one's
+# replies are written while the next one computes.
+_ACCELERATOR_TURN = threading.Lock()
+
+
 def run_jobs(jobs: Sequence[EmbedJob]) -> list[JobResult]:
     """Results in job order; jobs for the same model share packed forward passes."""
     results: list[JobResult | None] = [None] * len(jobs)
     by_model: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         by_model.setdefault(id(job.backend), []).append(i)
-    for members in by_model.values():
-        backend = jobs[members[0]].backend
-        wanted = [out for i in members for out in jobs[i].outputs]
-        layers = sorted({k for _, ks in wanted for k in ks})
-        poolings = sorted({p for p, _ in wanted})
-        started, n_cells = time.perf_counter(), 0
-        with observe_passes(backend.card.name):
-            for group in tokenized_groups(backend, [jobs[i] for i in members]):
-                tokens = TokenizedCells.concat([t for _, t in group])
-                pooled = backend.embed(tokens, layers, poolings)
-                start = 0
-                for position, tok in group:
-                    index = members[position]
-                    results[index] = job_result(jobs[index], tok, pooled, start)
-                    start += tok.n_cells
-                n_cells += start
-        record_request(backend.card.name, n_cells, time.perf_counter() - started)
+    with _ACCELERATOR_TURN:
+        for members in by_model.values():
+            backend = jobs[members[0]].backend
+            started = time.perf_counter()
+            n_cells = _run_model_jobs(backend, jobs, members, results)
+            record_request(backend.card.name, n_cells, time.perf_counter() - started)
     return results  # type: ignore[return-value]
+
+
+def _run_model_jobs(
+    backend: ModelBackend,
+    jobs: Sequence[EmbedJob],
+    members: list[int],
+    results: list[JobResult | None],
+) -> int:
+    """Embed ``jobs[members]`` (all for ``backend``) into ``results``; return the cell count."""
+    wanted = [out for i in members for out in jobs[i].outputs]
+    layers = sorted({k for _, ks in wanted for k in ks})
+    poolings = sorted({p for p, _ in wanted})
+    n_cells = 0
+    with observe_passes(backend.card.name):
+        for group in tokenized_groups(backend, [jobs[i] for i in members]):
+            tokens = TokenizedCells.concat([t for _, t in group])
+            pooled = backend.embed(tokens, layers, poolings)
+            start = 0
+            for position, tok in group:
+                index = members[position]
+                results[index] = job_result(jobs[index], tok, pooled, start)
+                start += tok.n_cells
+            n_cells += start
+    return n_cells
 
 
 def job_result(
@@ -76,21 +99,42 @@ def job_result(
     )
 
 
-def _tokens_of(backend: ModelBackend, job: EmbedJob) -> TokenizedCells:
-    if job.tokens is not None:
+_TOKENIZER_POOL = ThreadPoolExecutor(
+    SETTINGS.tokenize_threads, thread_name_prefix="scstrata-tokenize"
+)
+
+
+def tokenize_soon(
+    backend: ModelBackend,
+    counts: sp.csr_matrix,
+    genes: Sequence[str],
+    options: Mapping[str, object],
+) -> Future[TokenizedCells]:
+    """Start tokenizing on the shared pool and return at once. For input that passed
+    ``backend.check_input``: a tokenizer error then is a defect, raised where the tokens are used.
+    """
+    return _TOKENIZER_POOL.submit(backend.tokenize, counts, genes, options)
+
+
+def _pending_tokens(backend: ModelBackend, job: EmbedJob) -> Future[TokenizedCells]:
+    if isinstance(job.tokens, Future):
         return job.tokens
-    return backend.tokenize(job.counts, job.genes, job.options)
+    if job.tokens is not None:
+        done: Future[TokenizedCells] = Future()
+        done.set_result(job.tokens)
+        return done
+    return tokenize_soon(backend, job.counts, job.genes, job.options)
 
 
 def tokenized_groups(
     backend: ModelBackend, jobs: Sequence[EmbedJob]
 ) -> Iterator[list[tuple[int, TokenizedCells]]]:
     """``(position, tokens)`` of consecutive jobs, grouped once a group holds the backend's token
-    budget (one group when it has none); jobs are tokenized ahead on a helper thread."""
+    budget (one group when it has none); jobs not yet tokenized are tokenized ahead, on the
+    shared pool."""
     budget = getattr(backend, "max_tokens", None) or float("inf")
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scstrata-tokenize")
+    futures = [_pending_tokens(backend, job) for job in jobs]
     try:
-        futures = [pool.submit(_tokens_of, backend, job) for job in jobs]
         group: list[tuple[int, TokenizedCells]] = []
         size = 0
         for position, future in enumerate(futures):
@@ -103,4 +147,5 @@ def tokenized_groups(
         if group:
             yield group
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:  # a failed dispatch: tokens nobody will use
+            future.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import io
+from concurrent.futures import Future
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from scstrata_service.backend import InputError, ModelCard, TokenizedCells
+from scstrata_service.engine import tokenize_soon
 from scstrata_service.layers import LayerError, resolve_layers
 from scstrata_service.registry import active
 from scstrata_service.settings import SETTINGS
@@ -212,7 +214,7 @@ class EmbedItem(OutputSpec):
     _counts: sp.csr_matrix = PrivateAttr()
     _genes: list[str] = PrivateAttr()
     _outputs: list[tuple[str, list[int]]] = PrivateAttr()
-    _tokens: TokenizedCells = PrivateAttr()
+    _tokens: Future[TokenizedCells] = PrivateAttr()
 
     @model_validator(mode="after")
     def _check_against_model(self) -> EmbedItem:
@@ -232,12 +234,13 @@ class EmbedItem(OutputSpec):
             self._check_limits(counts.shape)
             self._check_genes(genes, counts.shape[1])
             backend.check_input(counts, genes, self.options)
-            # Tokenized here, per request and before batching: BentoML runs one dispatch at a
-            # time, and validation runs while the previous dispatch has the accelerator.
-            tokens = backend.tokenize(counts, genes, self.options)
         except InputError as err:
             raise ValueError(str(err)) from None
-        self._counts, self._genes, self._tokens = counts, genes, tokens
+        # Tokenizing starts now, off the event loop: BentoML runs one dispatch at a time, so
+        # this overlaps the dispatch that has the accelerator (and the loop stays free to
+        # start the next dispatch and to answer requests).
+        self._tokens = tokenize_soon(backend, counts, genes, self.options)
+        self._counts, self._genes = counts, genes
         return self
 
     @staticmethod
@@ -320,8 +323,8 @@ class EmbedItem(OutputSpec):
         return self._genes
 
     @property
-    def tokens(self) -> TokenizedCells:
-        """The cells as the model's tokens (tokenized when the request was validated)."""
+    def tokens(self) -> Future[TokenizedCells]:
+        """The cells as the model's tokens (tokenizing since the request was validated)."""
         return self._tokens
 
     @property

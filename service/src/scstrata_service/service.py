@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import EmbedJob, JobResult, run_jobs
 from scstrata_service.middleware import ScstrataMiddleware
 from scstrata_service.packing import AcceleratorOutOfMemory
@@ -27,6 +28,9 @@ from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRo
 from scstrata_service.settings import SETTINGS
 
 log = logging.getLogger(__name__)
+
+# The next dispatch waits, ready, while the previous one computes (dispatch.py explains why)
+allow_overlapping_dispatches(SETTINGS.dispatches)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -37,7 +41,8 @@ models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
 
 
 @bentoml.asgi_app(models_app, path="/")
-@bentoml.service(name="scstrata", workers=1, traffic={"timeout": 3600})
+# threads: the sync embed() of each dispatch in flight gets its own thread
+@bentoml.service(name="scstrata", workers=1, threads=SETTINGS.dispatches, traffic={"timeout": 3600})
 class Embedder:
     def __init__(self) -> None:
         self.registry = Registry.load(specs_from_env(), **SETTINGS.backend_settings())

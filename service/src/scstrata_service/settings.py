@@ -11,6 +11,12 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _tokenize_threads() -> int:
+    """Up to 4 by default: tokenizers are numpy-bound and mostly release the GIL, and more
+    threads than spare cores would only take time from the event loop."""
+    return _int("SCSTRATA_TOKENIZE_THREADS", 0) or max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def _flag(name: str) -> bool | None:
     """1/true/yes or 0/false/no; unset or empty: None (the default for the device)."""
     value = os.environ.get(name, "").strip().lower()
@@ -42,11 +48,13 @@ class Settings:
     max_outputs_per_request: int  # SCSTRATA_MAX_OUTPUTS: (layers, pooling) sets per request
     max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size
     max_batch_items: int  # SCSTRATA_MAX_BATCH_ITEMS: requests merged into one dispatch
+    dispatches: int  # SCSTRATA_DISPATCHES: dispatches in flight at once (BentoML alone: 1)
     max_latency_ms: int  # SCSTRATA_MAX_LATENCY_MS: BentoML sheds load (503) above this
     max_tokens: int | None  # SCSTRATA_MAX_TOKENS: tokens per forward pass (default: by device)
     device: str | None  # SCSTRATA_DEVICE: e.g. "cpu", "cuda:0" (default: CUDA when present)
     attention: str | None  # SCSTRATA_ATTENTION: per_cell | nested | varlen | cudnn (by device)
     compile_blocks: bool | None  # SCSTRATA_COMPILE=1|0: blocks under torch.compile (by device)
+    tokenize_threads: int  # SCSTRATA_TOKENIZE_THREADS: requests tokenized at once, off the loop
     token: str | None  # SCSTRATA_TOKEN or the file SCSTRATA_TOKEN_FILE: bearer auth when set
 
     @classmethod
@@ -57,11 +65,13 @@ class Settings:
             max_outputs_per_request=_int("SCSTRATA_MAX_OUTPUTS", 8),
             max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 512) * 1024 * 1024,
             max_batch_items=_int("SCSTRATA_MAX_BATCH_ITEMS", 64),
+            dispatches=_int("SCSTRATA_DISPATCHES", 2),
             max_latency_ms=_int("SCSTRATA_MAX_LATENCY_MS", 600_000),
             max_tokens=_int("SCSTRATA_MAX_TOKENS", 0) or None,
             device=os.environ.get("SCSTRATA_DEVICE") or None,
             attention=os.environ.get("SCSTRATA_ATTENTION") or None,
             compile_blocks=_flag("SCSTRATA_COMPILE"),
+            tokenize_threads=_tokenize_threads(),
             token=_token(),
         )
 
