@@ -111,7 +111,8 @@ def test_auto_format_asks_for_npz_only_above_the_threshold(counts, gene_names):
         )
         (task,) = job.tasks("auto")
         assert task.format == expected
-        assert job.headers(task) == ({"Accept": "application/x-npz"} if expected == "npz" else {})
+        accept = job.headers(task).get("Accept")
+        assert accept == ("application/x-npz" if expected == "npz" else None)
         assert job.body(task)["items"][0].get("format", "json") == expected
     (task,) = job.tasks("npz")
     assert task.format == "npz"
@@ -155,3 +156,26 @@ def test_explicit_npz_against_a_service_without_it_raises(counts, gene_names):
     client, _ = fake.client(transport_format="npz")
     with client, pytest.raises(InvalidRequest, match="format: Extra inputs are not permitted"):
         client.embed(counts, gene_names, model="scfoundation", layers=0)
+
+
+@pytest.mark.parametrize("cells_npz", [True, False])
+def test_request_content_is_the_json_of_the_body(cells_npz):
+    import json
+
+    import scipy.sparse as sp
+
+    from scstrata_client._protocol import request_body, request_content
+
+    cells = sp.csr_matrix(np.array([[0, 2, 1], [3, 0, 0]], dtype=np.float32))
+    item = build_item(
+        cells,
+        ["A", 'quote"d', "ü"],
+        model="m",
+        layers=[0, 2],
+        pooling="mean",
+        options={"tgthighres": "t4", "nested": {"cells_npz": ""}},
+        format="npz",
+        cells_npz=cells_npz,
+    )
+    body = request_body(item)
+    assert json.loads(request_content(body)) == body

@@ -214,7 +214,8 @@ class AsyncClient(ClientBase):
         return task, job.parse(task, payload)
 
     async def _post(self, job: EmbedJob, task: ChunkTask) -> Any:
-        return await self._request("POST", "/embed", json=job.body(task), headers=job.headers(task))
+        content = job.content(task)
+        return await self._request("POST", "/embed", content=content, headers=job.headers(task))
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request, retrying transient failures; return the decoded reply."""

@@ -93,6 +93,7 @@ class Client(ClientBase):
             transport_format=transport_format,
         )
         self._http = httpx.Client(transport=transport, **self._http_settings())
+        self._encoding = threading.Lock()  # see _post
 
     def __enter__(self) -> Client:
         return self
@@ -259,8 +260,12 @@ class Client(ClientBase):
         return task, job.parse(task, payload)
 
     def _post(self, job: EmbedJob, task: ChunkTask, cancel: threading.Event) -> Any:
+        # One chunk encoded at a time: threads would share the GIL and finish encoding
+        # together, so the first chunk would leave (and the service start) several times later.
+        with self._encoding:
+            content = job.content(task)
         return self._request(
-            "POST", "/embed", cancel=cancel, json=job.body(task), headers=job.headers(task)
+            "POST", "/embed", cancel=cancel, content=content, headers=job.headers(task)
         )
 
     def _request(

@@ -35,6 +35,7 @@ from ._protocol import (
     normalise_layers,
     parse_embed_reply,
     request_body,
+    request_content,
     resolve_layers,
 )
 from .exceptions import ProtocolError
@@ -274,10 +275,17 @@ class EmbedJob:
         )
         return request_body(item)
 
+    def content(self, task: ChunkTask | int) -> bytes:
+        """The body of a task as the JSON bytes to send (with :meth:`headers`)."""
+        return request_content(self.body(task))
+
     @staticmethod
     def headers(task: ChunkTask) -> dict[str, str]:
-        """Extra HTTP headers: npz tasks ask for the raw binary reply."""
-        return {"Accept": NPZ_MEDIA_TYPE} if task.format == "npz" else {}
+        """HTTP headers of a task's request: JSON out; npz tasks ask for the raw binary reply."""
+        headers = {"Content-Type": "application/json"}
+        if task.format == "npz":
+            headers["Accept"] = NPZ_MEDIA_TYPE
+        return headers
 
     # -- replies -------------------------------------------------------------------------------
 

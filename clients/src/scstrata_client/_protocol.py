@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import json
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -168,6 +169,22 @@ def encode_cells_npz(chunk: sp.csr_matrix) -> str:
 def request_body(item: dict[str, Any]) -> dict[str, Any]:
     """The JSON body for one call: the client always sends exactly one item."""
     return {"items": [item]}
+
+
+def request_content(body: dict[str, Any]) -> bytes:
+    """``body`` (from :func:`request_body`) as JSON bytes, ready to send.
+
+    A ``cells_npz`` string is base64, with nothing JSON would escape, so it is spliced in as
+    it is instead of going through ``json.dumps``, which scans every character: 50 ms of a
+    1,000-cell chunk's 90 ms to encode.
+    """
+    (item,) = body["items"]
+    if "cells_npz" not in item:
+        return json.dumps(body).encode()
+    rest = json.dumps({k: v for k, v in item.items() if k != "cells_npz"})
+    npz = item["cells_npz"].encode("ascii")
+    tail = b"}" if rest == "{}" else b", " + rest[1:].encode()
+    return b'{"items": [{"cells_npz": "' + npz + b'"' + tail + b"]}"
 
 
 @dataclass
