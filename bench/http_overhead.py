@@ -7,7 +7,7 @@ tokenization, BentoML's batching, replies. "In-process" is the simulated acceler
 alone, so HTTP ÷ in-process is the share of accelerator throughput the HTTP path keeps.
 Default rate: scFoundation's 768/12/12 on an H200 in bench/RESULTS.md (1.36M tokens/s).
 
-    python bench/http_overhead.py                 # 2,048 cells, the client shapes of gpu.py
+    python bench/http_overhead.py                 # 4,096 cells, the client shapes of gpu.py
     python bench/http_overhead.py --rate 3e5      # a slower accelerator
 """
 
@@ -33,7 +33,7 @@ SIMULATOR = Path(__file__).parent / "simulated_accelerator"
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1.36e6, help="simulated tokens/s")
-    parser.add_argument("--cells", type=int, default=2048)
+    parser.add_argument("--cells", type=int, default=4096)
     parser.add_argument("--median", type=int, default=2000)
     args = parser.parse_args(argv)
 
