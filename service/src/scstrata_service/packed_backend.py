@@ -33,8 +33,8 @@ from scstrata_service.packing import (
 log = logging.getLogger(__name__)
 
 # One forward pass at a time per device: each pass's token budget assumes it has the
-# accelerator's memory to itself (BentoML already runs one dispatch at a time; this also holds
-# for library use from several threads).
+# accelerator's memory to itself (the service's dispatches also take the accelerator in turn,
+# engine.py; this lock holds for library use from several threads too).
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 

@@ -236,9 +236,9 @@ class EmbedItem(OutputSpec):
             backend.check_input(counts, genes, self.options)
         except InputError as err:
             raise ValueError(str(err)) from None
-        # Tokenizing starts now, off the event loop: BentoML runs one dispatch at a time, so
-        # this overlaps the dispatch that has the accelerator (and the loop stays free to
-        # start the next dispatch and to answer requests).
+        # Tokenizing starts now, on the engine's pool rather than the event loop: it overlaps
+        # the dispatch that has the accelerator, and the loop stays free to form the next
+        # dispatch and to answer requests.
         self._tokens = tokenize_soon(backend, counts, genes, self.options)
         self._counts, self._genes = counts, genes
         return self
