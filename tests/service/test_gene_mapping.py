@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
+from scstrata_service.backend import InputError
 from scstrata_service.gene_mapping import mapped_nonzeros, mapped_totals, to_model_genes
 
 
@@ -23,3 +25,24 @@ def test_totals_and_nonzeros_match_the_moved_matrix():
     np.testing.assert_array_equal(mapped_nonzeros(counts, columns) > 0, np.diff(moved.indptr) > 0)
     assert mapped_nonzeros(counts, columns)[[5, 6]].tolist() == [0, 0]
     assert mapped_totals(counts, columns)[6] == 0
+
+
+@pytest.mark.parametrize("family", ["scfoundation", "tahoe", "geneformer"])
+def test_checks_name_cells_that_express_no_known_gene(family, tmp_path):
+    """Requests are tokenized after they are accepted, so every cell the tokenizer could not
+    embed must be refused by the check, naming its rows."""
+    from scstrata_service.families import FAMILIES, fabricate
+
+    backend = FAMILIES[family]("m", fabricate(family, tmp_path / family))
+    known = backend.known_genes()[:20]
+    genes = [*known, "NOT_A_GENE"]
+    dense = np.zeros((4, len(genes)))
+    dense[:, :20] = np.arange(1, 21) * 3.0  # cells 0 and 2 express known genes
+    dense[1, :20] = 0
+    dense[1, 20] = 5.0  # cell 1: only the unknown gene
+    dense[3, :20] = 0  # cell 3: nothing at all
+    counts = sp.csr_matrix(dense)
+    with pytest.raises(InputError, match=r"cells: 2 cell\(s\).*\[1, 3\]"):
+        backend.check_input(counts, genes, {})
+    backend.check_input(counts[[0, 2]], genes, {})  # the others pass, and tokenize
+    assert backend.tokenize(counts[[0, 2]], genes, {}).n_cells == 2

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
 from scstrata_service.families.tahoe.checkpoint import CollatorConfig
+from scstrata_service.gene_mapping import mapped_nonzeros
 
 MAX_LISTED = 20
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
@@ -121,8 +122,7 @@ class TahoeTokenizer:
                 f"vocabulary of {self.n_genes:,} genes; send its gene ids (e.g. {example}; "
                 "Ensembl ids for the releases), not gene symbols"
             )
-        offsets, _, _ = self.expressed(counts, columns)
-        empty = np.flatnonzero(np.diff(offsets) == 0)
+        empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
         if len(empty):
             listed = ", ".join(map(str, empty[:MAX_LISTED])) + (
                 " …" if len(empty) > MAX_LISTED else ""
