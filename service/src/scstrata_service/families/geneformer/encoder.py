@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from scstrata_service.layer_pooling import pool_layers
 from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
 
 POOLINGS = ("official", "mean", "cls")
@@ -144,14 +145,8 @@ class GeneformerEncoder(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
     ) -> dict[str, dict[int, torch.Tensor]]:
         """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer."""
-        wanted = set(layers)
-        pool = CellPooler(layout, has_special_tokens)
-        out: dict[str, dict[int, torch.Tensor]] = {p: {} for p in poolings}
-        for k, x in self.layer_states(ids, layout, max(wanted), attention, compute_dtype):
-            if k in wanted:
-                for pooling, vector in pool.all(poolings, x).items():
-                    out[pooling][k] = vector
-        return out
+        states = self.layer_states(ids, layout, max(layers), attention, compute_dtype)
+        return pool_layers(states, layers, poolings, CellPooler(layout, has_special_tokens).all)
 
 
 class CellPooler:

@@ -9,7 +9,7 @@ tests/ checks against the official one-cell-at-a-time computation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 
 from scstrata_service.families.scfoundation.checkpoint import ScFoundationConfig
 from scstrata_service.fused import linear_relu
+from scstrata_service.layer_pooling import pool_layers
 from scstrata_service.packing import (
     PackedLayout,
     compiled,
@@ -100,6 +101,25 @@ class ScFoundationEncoder(nn.Module):
         """Layer 0: value embedding + gene position embedding (kept in fp32)."""
         return self.token_emb(values) + self.pos_emb(positions)
 
+    def layer_states(
+        self,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        layout: PackedLayout,
+        last: int,
+        attention: str,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(k, states [tokens, dim])`` for k = 0..last (the final norm on layer L); blocks
+        after ``last`` never run."""
+        x = self.embed_inputs(values, positions)
+        yield 0, x
+        x = x.to(compute_dtype)
+        step = compiled(packed_block) if self.compile_blocks else packed_block
+        for k in range(1, last + 1):
+            x = step(self.encoder.transformer_encoder[k - 1], x, layout, attention)
+            yield k, self.encoder.norm(x) if k == self.n_layers else x
+
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference
     # tensors ("Cannot set version_counter for inference tensor").
     @torch.no_grad()
@@ -114,24 +134,8 @@ class ScFoundationEncoder(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
     ) -> dict[str, dict[int, torch.Tensor]]:
         """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer."""
-        wanted = set(layers)
-        pool = CellPooler(layout, values.device)
-        out: dict[str, dict[int, torch.Tensor]] = {p: {} for p in poolings}
-
-        def collect(k: int, x: torch.Tensor) -> None:
-            for p in poolings:
-                out[p][k] = pool(p, x)
-
-        x = self.embed_inputs(values, positions)
-        if 0 in wanted:
-            collect(0, x)
-        x = x.to(compute_dtype)
-        step = compiled(packed_block) if self.compile_blocks else packed_block
-        for k in range(1, max(wanted) + 1):
-            x = step(self.encoder.transformer_encoder[k - 1], x, layout, attention)
-            if k in wanted:
-                collect(k, self.encoder.norm(x) if k == self.n_layers else x)
-        return out
+        states = self.layer_states(values, positions, layout, max(layers), attention, compute_dtype)
+        return pool_layers(states, layers, poolings, CellPooler(layout, values.device).all)
 
 
 class CellPooler:
@@ -163,3 +167,6 @@ class CellPooler:
             # upstream pool_type='all': [S, T, max over genes, mean over genes]
             return torch.cat([self(p, x) for p in ("S", "T", "max", "mean")], dim=1)
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+    def all(self, poolings: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {p: self(p, x) for p in poolings}

@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import nn
 from scstrata_service.backend import TokenizedCells
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 from scstrata_service.families.scfoundation.encoder import CellPooler, TransformerStack
+from scstrata_service.layer_pooling import pool_layers
 from scstrata_service.packing import PackedLayout
 
 OPSET = 17
@@ -169,22 +170,20 @@ class OnnxScFoundationBackend(ScFoundationBackend):
         layers: Sequence[int],
         poolings: Sequence[str],
     ) -> dict[str, dict[int, torch.Tensor]]:
-        wanted = set(layers)
-        pool = CellPooler(layout, self.device)
-        out: dict[str, dict[int, torch.Tensor]] = {p: {} for p in poolings}
-
-        def collect(k: int, x: torch.Tensor) -> None:
-            for p in poolings:
-                out[p][k] = pool(p, x)
-
         values, positions = self.to_device(batch.values), self.to_device(batch.positions)
         x = self.encoder.embed_inputs(values, positions)  # layer 0, packed [tokens, D]
-        if 0 in wanted:
-            collect(0, x)
-        depth = max(wanted)
-        if depth == 0:
-            return out
+        states = self._layer_states(x, layout, layers)
+        return pool_layers(states, layers, poolings, CellPooler(layout, self.device).all)
 
+    def _layer_states(
+        self, x: torch.Tensor, layout: PackedLayout, layers: Sequence[int]
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Layer 0 from torch, then the wanted layers of one run of the depth-``max(layers)``
+        graph on the cells padded to the longest, back in packed order."""
+        yield 0, x
+        depth = max(layers)
+        if depth == 0:
+            return
         lengths = np.diff(np.asarray(layout.bounds))
         n_cells, width, dim = len(lengths), int(lengths.max()), x.shape[1]
         real = np.arange(width)[None, :] < lengths[:, None]  # [B, N]
@@ -198,7 +197,5 @@ class OnnxScFoundationBackend(ScFoundationBackend):
                 raise torch.OutOfMemoryError(f"ONNX Runtime: {err}") from err
             raise
         real_t = torch.from_numpy(real).to(self.device)
-        for k in range(1, depth + 1):
-            if k in wanted:
-                collect(k, torch.from_numpy(hidden[k - 1]).to(self.device)[real_t])
-        return out
+        for k in sorted(set(layers) - {0}):
+            yield k, torch.from_numpy(hidden[k - 1]).to(self.device)[real_t]

@@ -14,13 +14,14 @@ block ``k``, ``L`` = output of the last block after ``transformer_encoder.norm``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.tahoe.checkpoint import TahoeConfig
+from scstrata_service.layer_pooling import pool_layers
 from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
 
 POOLINGS = ("official", "cls", "mean")
@@ -142,6 +143,27 @@ class TahoeEncoder(nn.Module):
         """Layer 0: gene embedding + expression embedding (kept in fp32)."""
         return self.gene_encoder(genes) + self.expression_encoder(values)
 
+    def layer_states(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        layout: PackedLayout,
+        last: int,
+        attention: str,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(k, states [tokens, dim])`` for k = 0..last (the final norm, where the model has
+        one, on layer L); blocks after ``last`` never run."""
+        x = self.embed_inputs(genes, values)
+        yield 0, x
+        x = x.to(compute_dtype)
+        stack = self.transformer_encoder
+        step = compiled(Block.forward) if self.compile_blocks else Block.forward
+        for k in range(1, last + 1):
+            x = step(stack.layers[k - 1], x, layout, attention)
+            final_norm = k == self.n_layers and stack.norm is not None
+            yield k, stack.norm(x) if final_norm else x
+
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference tensors
     @torch.no_grad()
     def forward_pooled(
@@ -155,26 +177,9 @@ class TahoeEncoder(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
     ) -> dict[str, dict[int, torch.Tensor]]:
         """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer."""
-        wanted = set(layers)
+        states = self.layer_states(genes, values, layout, max(layers), attention, compute_dtype)
         pool = CellPooler(layout, genes.device, self.config.cell_emb_style)
-        out: dict[str, dict[int, torch.Tensor]] = {p: {} for p in poolings}
-
-        def collect(k: int, x: torch.Tensor) -> None:
-            for p in poolings:
-                out[p][k] = pool(p, x)
-
-        x = self.embed_inputs(genes, values)
-        if 0 in wanted:
-            collect(0, x)
-        x = x.to(compute_dtype)
-        stack = self.transformer_encoder
-        step = compiled(Block.forward) if self.compile_blocks else Block.forward
-        for k in range(1, max(wanted) + 1):
-            x = step(stack.layers[k - 1], x, layout, attention)
-            if k in wanted:
-                last = k == self.n_layers and stack.norm is not None
-                collect(k, stack.norm(x) if last else x)
-        return out
+        return pool_layers(states, layers, poolings, pool.all)
 
 
 class CellPooler:
@@ -205,3 +210,6 @@ class CellPooler:
                 cell = segment_mean(x, self.token_cell, self.n_cells)
             return F.normalize(cell, dim=1)
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+    def all(self, poolings: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {p: self(p, x) for p in poolings}
