@@ -5,7 +5,8 @@ weights) and 512 cells whose expressed-gene counts are log-normal with median 2,
 to [200, 6000]; on CPU a reduced size with the same fields. It measures, in one run:
 - the dense matmul peak (bf16 on CUDA, fp32 on CPU),
 - the service backend in-process on packed cells: cells/s and share of that peak,
-- the same cells through the HTTP service on loopback (concurrent client chunks),
+- the same cells through the HTTP service on loopback (concurrent client chunks), and the best
+  client shape again with one dispatch at a time (SCSTRATA_DISPATCHES=1) for comparison,
 - length-sorted padded batches (masked SDPA) with their padding share,
 - the official-style per-cell fp32 path (one cell at a time, torch's encoder layer): the
   encoder alone on tokenized cells, and the official script's whole per-cell loop (its pandas
@@ -272,9 +273,11 @@ def http_cells_per_s(
     max_tokens: int,
     kernel: tuple[str, bool] | None = None,
     env: dict[str, str] | None = None,
+    shapes: list[tuple[int, int]] = HTTP_CLIENTS,
 ) -> list[dict]:
-    """Steady-state cells/s through the HTTP service on loopback, for each client shape in
-    HTTP_CLIENTS: request encoding, tokenization and replies overlap the accelerator's work."""
+    """Steady-state cells/s through the HTTP service on loopback, for each client shape
+    (cells per chunk, chunks in flight): request encoding, tokenization and replies overlap the
+    accelerator's work."""
     from scstrata_client import Client
     from scstrata_service.launcher import running_service
 
@@ -283,7 +286,7 @@ def http_cells_per_s(
         env["SCSTRATA_ATTENTION"], env["SCSTRATA_COMPILE"] = kernel[0], str(int(kernel[1]))
     rows = []
     with running_service([f"bench=scfoundation:{checkpoint.parent}"], env=env) as url:
-        for chunk, in_flight in HTTP_CLIENTS:
+        for chunk, in_flight in shapes:
             with Client(
                 url,
                 chunk_size=chunk,
@@ -522,6 +525,22 @@ def main(argv: list[str] | None = None) -> dict:
         }
         # FLOP rates, not cells/s: the HTTP run sends other (more) cells of the same law
         report["http_vs_in_process"] = round(http_tflops / in_process_tflops, 3)
+        # the same best shape with BentoML's one dispatch at a time: what dispatch.py buys
+        (alone,) = http_cells_per_s(
+            checkpoint,
+            http_counts,
+            http_genes,
+            max_tokens,
+            fastest,
+            env={"SCSTRATA_DISPATCHES": "1"},
+            shapes=[(best_client["chunk"], best_client["in_flight"])],
+        )
+        alone_tflops = alone["cells_per_s"] / n_http * http_flops / 1e12
+        report["http_one_dispatch_at_a_time"] = {
+            **alone,
+            "cells_per_s": round(alone["cells_per_s"], 2),
+            "http_vs_in_process": round(alone_tflops / in_process_tflops, 3),
+        }
     if not args.skip_tahoe:
         report["tahoe_packed_in_process"] = tahoe_packed(device, peak, [fastest] if fastest else [])
     text = json.dumps(report, indent=2)

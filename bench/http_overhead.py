@@ -9,6 +9,7 @@ Default rate: scFoundation's 768/12/12 on an H200 in bench/RESULTS.md (1.36M tok
 
     python bench/http_overhead.py                 # 4,096 cells, the client shapes of gpu.py
     python bench/http_overhead.py --rate 3e5      # a slower accelerator
+    python bench/http_overhead.py --dispatches 1  # BentoML's one dispatch at a time
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=1.36e6, help="simulated tokens/s")
     parser.add_argument("--cells", type=int, default=4096)
     parser.add_argument("--median", type=int, default=2000)
+    parser.add_argument(
+        "--dispatches", type=int, default=None, help="SCSTRATA_DISPATCHES (default: the service's)"
+    )
     args = parser.parse_args(argv)
 
     checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, depth=2, heads=4)
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator_s = tokens / args.rate
     path = os.pathsep.join(filter(None, [str(SIMULATOR), os.environ.get("PYTHONPATH")]))
     env = {"PYTHONPATH": path, "SCSTRATA_SIMULATED_TOKENS_PER_S": str(args.rate)}
+    if args.dispatches is not None:
+        env["SCSTRATA_DISPATCHES"] = str(args.dispatches)
     rows = http_cells_per_s(checkpoint, counts, genes, 1 << 20, env=env)
     for row in rows:
         row["http_vs_in_process"] = round(accelerator_s / (args.cells / row["cells_per_s"]), 3)
