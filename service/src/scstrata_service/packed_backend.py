@@ -28,6 +28,7 @@ from scstrata_service.packing import (
     default_max_tokens,
     embed_in_batches,
     gather_rows,
+    pick_device,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,29 @@ def device_lock(device: torch.device) -> threading.Lock:
         return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
 
 
+def compute_dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 transformer blocks on GPU, fp32 on CPU; each family keeps its input embeddings
+    in fp32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def place_encoder(
+    encoder: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    device: str | None,
+    blocks: torch.nn.Module | None,
+) -> torch.device:
+    """Load the checkpoint's weights into ``encoder`` (every key must match), put it in eval
+    mode on ``device`` (default: CUDA when present) and ``blocks`` in the compute dtype there;
+    ``blocks=None`` keeps everything fp32 (a runtime other than torch runs the blocks)."""
+    encoder.load_state_dict(state, strict=True)
+    torch_device = pick_device(device)
+    encoder.eval().to(torch_device)
+    if blocks is not None:
+        blocks.to(compute_dtype_for(torch_device))
+    return torch_device
+
+
 class PackedBackend(ModelBackend):
     def __init__(
         self,
@@ -56,8 +80,7 @@ class PackedBackend(ModelBackend):
         compile_blocks: bool | None = None,
     ):
         self.card, self.encoder, self.tokenizer, self.device = card, encoder, tokenizer, device
-        # bf16 transformer blocks on GPU; each family keeps its input embeddings in fp32.
-        self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.compute_dtype = compute_dtype_for(device)
         self.max_tokens = max_tokens or default_max_tokens(device, card.hidden_size)
         self.attention = check_attention(attention or default_attention(device), device)
         # torch.compile fuses each block's residual adds into its norms around the attention

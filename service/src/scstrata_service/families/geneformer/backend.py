@@ -19,8 +19,8 @@ from scstrata_service.families.geneformer.checkpoint import (
 )
 from scstrata_service.families.geneformer.encoder import GeneformerEncoder
 from scstrata_service.families.geneformer.tokenizer import GeneformerOptions, GeneformerTokenizer
-from scstrata_service.packed_backend import PackedBackend
-from scstrata_service.packing import PackedLayout, pick_device
+from scstrata_service.packed_backend import PackedBackend, place_encoder
+from scstrata_service.packing import PackedLayout
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,7 @@ class GeneformerBackend(PackedBackend):
             )
 
         encoder = GeneformerEncoder(config)
-        encoder.load_state_dict(weights.state, strict=True)
-        torch_device = pick_device(device)
-        encoder.eval().to(torch_device)
-        if torch_device.type == "cuda":
-            encoder.encoder.to(torch.bfloat16)
+        torch_device = place_encoder(encoder, weights.state, device, encoder.encoder)
         dim = encoder.hidden_size
         poolings = {"official": dim, "mean": dim}
         if dictionaries.cls_id is not None:

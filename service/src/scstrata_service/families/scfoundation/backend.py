@@ -14,8 +14,8 @@ from scstrata_service.families.scfoundation.tokenizer import (
     ScFoundationOptions,
     ScFoundationTokenizer,
 )
-from scstrata_service.packed_backend import PackedBackend
-from scstrata_service.packing import PackedLayout, pick_device
+from scstrata_service.packed_backend import PackedBackend, place_encoder
+from scstrata_service.packing import PackedLayout
 
 RUNTIMES = ("torch", "onnx")
 
@@ -48,11 +48,8 @@ class ScFoundationBackend(PackedBackend):
                 f"{config.seq_len}"
             )
         encoder = ScFoundationEncoder(config)
-        encoder.load_state_dict(ckpt.encoder_state, strict=True)
-        torch_device = pick_device(device)
-        encoder.eval().to(torch_device)
-        if torch_device.type == "cuda" and runtime == "torch":
-            encoder.encoder.to(torch.bfloat16)
+        blocks = encoder.encoder if runtime == "torch" else None  # ONNX Runtime: fp32
+        torch_device = place_encoder(encoder, ckpt.encoder_state, device, blocks)
         dim = config.hidden_dim
         card = ModelCard(
             name=name,

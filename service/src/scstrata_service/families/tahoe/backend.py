@@ -11,8 +11,8 @@ from scstrata_service.backend import ModelCard, TokenizedCells
 from scstrata_service.families.tahoe.checkpoint import TahoeCheckpoint, load_checkpoint
 from scstrata_service.families.tahoe.encoder import POOLINGS, TahoeEncoder
 from scstrata_service.families.tahoe.tokenizer import TahoeOptions, TahoeTokenizer
-from scstrata_service.packed_backend import PackedBackend
-from scstrata_service.packing import PackedLayout, pick_device
+from scstrata_service.packed_backend import PackedBackend, place_encoder
+from scstrata_service.packing import PackedLayout
 
 
 def build_card(name: str, ckpt: TahoeCheckpoint, tokenizer: TahoeTokenizer) -> ModelCard:
@@ -49,11 +49,9 @@ class TahoeBackend(PackedBackend):
     ) -> TahoeBackend:
         ckpt = load_checkpoint(Path(path))
         encoder = TahoeEncoder(ckpt.config)
-        encoder.load_state_dict(ckpt.encoder_state, strict=True)
-        torch_device = pick_device(device)
-        encoder.eval().to(torch_device)
-        if torch_device.type == "cuda":
-            encoder.transformer_encoder.to(torch.bfloat16)
+        torch_device = place_encoder(
+            encoder, ckpt.encoder_state, device, encoder.transformer_encoder
+        )
         tokenizer = TahoeTokenizer(ckpt.vocabulary, ckpt.collator)
         card = build_card(name, ckpt, tokenizer)
         return cls(card, encoder, tokenizer, torch_device, max_tokens, attention, compile_blocks)
