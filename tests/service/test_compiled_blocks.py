@@ -42,7 +42,7 @@ def test_cuda_only_attention_kernels_are_refused_on_cpu(tmp_path):
 
 
 def test_a_failed_compilation_falls_back_to_eager_blocks(tiny_checkpoint, monkeypatch):
-    from scstrata_service.families.scfoundation import encoder as scf_encoder
+    from scstrata_service import layer_pooling
     from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 
     def broken_compile(fn):
@@ -51,7 +51,7 @@ def test_a_failed_compilation_falls_back_to_eager_blocks(tiny_checkpoint, monkey
 
         return run
 
-    monkeypatch.setattr(scf_encoder, "compiled", broken_compile)
+    monkeypatch.setattr(layer_pooling, "compiled", broken_compile)  # every encoder's blocks
     backend = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=True)
     eager = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=False)
     counts, genes = make_cells(eager.known_genes(), n_cells=6, seed=3)

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from scstrata_service.layer_pooling import pool_layers
-from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
+from scstrata_service.layer_pooling import block_states, pool_layers
+from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
 
 POOLINGS = ("official", "mean", "cls")
 
@@ -123,13 +123,16 @@ class GeneformerEncoder(nn.Module):
             layout.offsets[:-1], torch.diff(layout.offsets), output_size=len(ids)
         )
         position_in_cell = torch.arange(len(ids), device=ids.device) - starts
-        x = self.embeddings(ids, position_in_cell)  # fp32: embedding tables stay fp32
-        yield 0, x
-        x = x.to(compute_dtype)
-        step = compiled(BertBlockPacked.forward) if self.compile_blocks else BertBlockPacked.forward
-        for k in range(1, last + 1):
-            x = step(self.encoder["layer"][k - 1], x, layout, attention)
-            yield k, x
+        return block_states(
+            self.embeddings(ids, position_in_cell),  # fp32: embedding tables stay fp32
+            self.encoder["layer"],
+            BertBlockPacked.forward,
+            layout,
+            last,
+            attention,
+            compile_blocks=self.compile_blocks,
+            compute_dtype=compute_dtype,
+        )
 
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference
     # tensors ("Cannot set version_counter for inference tensor").

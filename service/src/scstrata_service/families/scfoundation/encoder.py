@@ -17,10 +17,9 @@ from torch import nn
 
 from scstrata_service.families.scfoundation.checkpoint import ScFoundationConfig
 from scstrata_service.fused import linear_relu
-from scstrata_service.layer_pooling import pool_layers
+from scstrata_service.layer_pooling import block_states, pool_layers
 from scstrata_service.packing import (
     PackedLayout,
-    compiled,
     packed_attention,
     segment_max,
     segment_mean,
@@ -112,13 +111,17 @@ class ScFoundationEncoder(nn.Module):
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(k, states [tokens, dim])`` for k = 0..last (the final norm on layer L); blocks
         after ``last`` never run."""
-        x = self.embed_inputs(values, positions)
-        yield 0, x
-        x = x.to(compute_dtype)
-        step = compiled(packed_block) if self.compile_blocks else packed_block
-        for k in range(1, last + 1):
-            x = step(self.encoder.transformer_encoder[k - 1], x, layout, attention)
-            yield k, self.encoder.norm(x) if k == self.n_layers else x
+        return block_states(
+            self.embed_inputs(values, positions),
+            self.encoder.transformer_encoder,
+            packed_block,
+            layout,
+            last,
+            attention,
+            compile_blocks=self.compile_blocks,
+            compute_dtype=compute_dtype,
+            final_norm=self.encoder.norm,
+        )
 
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference
     # tensors ("Cannot set version_counter for inference tensor").

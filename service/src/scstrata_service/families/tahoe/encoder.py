@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.tahoe.checkpoint import TahoeConfig
-from scstrata_service.layer_pooling import pool_layers
-from scstrata_service.packing import PackedLayout, compiled, packed_attention, segment_mean
+from scstrata_service.layer_pooling import block_states, pool_layers
+from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
 
 POOLINGS = ("official", "cls", "mean")
 
@@ -154,15 +154,17 @@ class TahoeEncoder(nn.Module):
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(k, states [tokens, dim])`` for k = 0..last (the final norm, where the model has
         one, on layer L); blocks after ``last`` never run."""
-        x = self.embed_inputs(genes, values)
-        yield 0, x
-        x = x.to(compute_dtype)
-        stack = self.transformer_encoder
-        step = compiled(Block.forward) if self.compile_blocks else Block.forward
-        for k in range(1, last + 1):
-            x = step(stack.layers[k - 1], x, layout, attention)
-            final_norm = k == self.n_layers and stack.norm is not None
-            yield k, stack.norm(x) if final_norm else x
+        return block_states(
+            self.embed_inputs(genes, values),
+            self.transformer_encoder.layers,
+            Block.forward,
+            layout,
+            last,
+            attention,
+            compile_blocks=self.compile_blocks,
+            compute_dtype=compute_dtype,
+            final_norm=self.transformer_encoder.norm,
+        )
 
     # no_grad, not inference_mode: jagged nested tensors cannot be built from inference tensors
     @torch.no_grad()
