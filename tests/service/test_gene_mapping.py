@@ -1,4 +1,5 @@
-"""The cheap per-cell checks agree with the full move into a model's gene order."""
+"""Gene lookup and the cheap per-cell checks agree with the full move into a model's gene
+order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import pytest
 import scipy.sparse as sp
 
 from scstrata_service.backend import InputError
-from scstrata_service.gene_mapping import mapped_nonzeros, mapped_totals, to_model_genes
+from scstrata_service.gene_mapping import (
+    GeneColumns,
+    mapped_nonzeros,
+    mapped_totals,
+    to_model_genes,
+)
 
 
 def test_totals_and_nonzeros_match_the_moved_matrix():
@@ -46,3 +52,33 @@ def test_checks_name_cells_that_express_no_known_gene(family, tmp_path):
         backend.check_input(counts, genes, {})
     backend.check_input(counts[[0, 2]], genes, {})  # the others pass, and tokenize
     assert backend.tokenize(counts[[0, 2]], genes, {}).n_cells == 2
+
+
+def test_gene_columns_looks_up_each_list_once_and_keeps_order():
+    index = {"A": 0, "B": 1, "C": 2}
+    looked_up: list[str] = []
+
+    def lookup(gene: str) -> int:
+        looked_up.append(gene)
+        return index.get(gene, -1)
+
+    columns_of = GeneColumns(lookup, remember=2)
+    columns, unknown = columns_of(["C", "X", "A", "Y"])
+    assert columns.tolist() == [2, -1, 0, -1]
+    assert unknown == ("X", "Y")
+
+    # an equal list again (a new list, as from the next request): no lookups
+    again, _ = columns_of(["C", "X", "A", "Y"])
+    assert len(looked_up) == 4
+    assert again is columns
+
+    # the same genes in another order are another list
+    assert columns_of(["A", "C", "X", "Y"])[0].tolist() == [0, 2, -1, -1]
+    assert len(looked_up) == 8
+
+
+def test_gene_columns_are_read_only():
+    """Shared by every request with the same genes, so no caller may change them."""
+    columns, _ = GeneColumns({"A": 0}.get)(["A"])
+    with pytest.raises(ValueError, match="read-only"):
+        columns[0] = 5

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
-from scstrata_service.gene_mapping import mapped_nonzeros, to_model_genes
+from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros, to_model_genes
 
 TARGET_SUM = 10_000.0
 MAX_LISTED = 20
@@ -77,15 +77,12 @@ class GeneformerTokenizer:
         self.token_ids = np.array([dictionaries.gene_tokens[g] for g in genes], dtype=np.int64)
         self.medians = np.array([dictionaries.medians[g] for g in genes], dtype=np.float64)
         self.mapping = dictionaries.mapping
+        # dictionary gene index per input column (-1 = unmapped), and the unmapped names
+        self.map_genes = GeneColumns(self.lookup)
 
-    def map_genes(self, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Dictionary gene index per input column (-1 = unmapped) and the unmapped names."""
-        columns = np.array(
-            [self.gene_index.get(self.mapping.get(str(g).upper(), ""), -1) for g in genes],
-            dtype=np.int64,
-        )
-        unmapped = [g for g, c in zip(genes, columns) if c < 0]
-        return columns, unmapped
+    def lookup(self, gene: str) -> int:
+        """Dictionary gene index of a gene id, through the model's mapping (-1 = unmapped)."""
+        return self.gene_index.get(self.mapping.get(str(gene).upper(), ""), -1)
 
     def to_dictionary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
         """Cells x dictionary genes; columns mapped onto the same gene are summed."""
@@ -160,5 +157,5 @@ class GeneformerTokenizer:
             values=out_values.astype(np.float32),
             positions=out_tokens,
             offsets=offsets,
-            unmapped_genes=unmapped,
+            unmapped_genes=list(unmapped),
         )

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
-from scstrata_service.gene_mapping import mapped_totals, to_model_genes
+from scstrata_service.gene_mapping import GeneColumns, mapped_totals, to_model_genes
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
 MAX_LISTED = 20
@@ -68,12 +68,8 @@ class ScFoundationTokenizer:
         self.index = {gene: i for i, gene in enumerate(self.vocabulary)}
         self.t_position = len(self.vocabulary)
         self.s_position = len(self.vocabulary) + 1
-
-    def map_genes(self, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Vocabulary index per input column (-1 = unknown) and the unknown names."""
-        columns = np.array([self.index.get(g, -1) for g in genes], dtype=np.int64)
-        unmapped = [g for g, c in zip(genes, columns) if c < 0]
-        return columns, unmapped
+        # vocabulary index per input column (-1 = unknown), and the unknown names
+        self.map_genes = GeneColumns(lambda gene: self.index.get(gene, -1))
 
     def to_vocabulary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
         """Reorder/fill the input columns to vocabulary order (missing genes are zero)."""
@@ -138,5 +134,5 @@ class ScFoundationTokenizer:
             values=out_values.astype(np.float32),
             positions=out_positions,
             offsets=offsets,
-            unmapped_genes=unmapped,
+            unmapped_genes=list(unmapped),
         )

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scstrata_service.backend import InputError, TokenizedCells
 from scstrata_service.families.tahoe.checkpoint import CollatorConfig
-from scstrata_service.gene_mapping import mapped_nonzeros
+from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros
 
 MAX_LISTED = 20
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
@@ -73,6 +73,8 @@ class TahoeTokenizer:
         self.cls_id = int(vocabulary["<cls>"])
         self.collator = collator
         self.grades = torch.linspace(0, 1, collator.num_bins - 1, dtype=torch.float32)
+        # vocabulary index per input column (-1 = unknown), and the unknown names
+        self.map_genes = GeneColumns(self.lookup)
 
     @property
     def n_genes(self) -> int:
@@ -85,10 +87,6 @@ class TahoeTokenizer:
             versioned = ENSEMBL_VERSION.match(gene)
             found = self.index.get(versioned.group(1)) if versioned else None
         return -1 if found is None else found
-
-    def map_genes(self, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        columns = np.array([self.lookup(g) for g in genes], dtype=np.int64)
-        return columns, [g for g, c in zip(genes, columns) if c < 0]
 
     def expressed(
         self, counts: sp.csr_matrix, columns: np.ndarray
@@ -188,5 +186,5 @@ class TahoeTokenizer:
             values=np.concatenate(out_values or [[]]).astype(np.float32),
             positions=np.concatenate(out_ids or [[]]).astype(np.int64),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            unmapped_genes=unmapped,
+            unmapped_genes=list(unmapped),
         )
