@@ -38,6 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, flops_per_cell, matmul_peak_tflops, sync, synthetic_cells
 
+from scstrata_client._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 from scstrata_service.packing import pick_device, plan_batches
@@ -262,8 +263,9 @@ def official_script_per_cell(backend: ScFoundationBackend, counts, n: int) -> fl
     return n / best_time(run, device, repeat=1)
 
 
-# (cells per request, requests in flight): small chunks, more in flight, the client's defaults
-HTTP_CLIENTS = [(64, 8), (128, 16), (1000, 4)]
+# (cells per request, requests in flight): small chunks with many in flight, the client's
+# defaults, and its defaults until 2026-11-28 (1,000 cells, 4 in flight)
+HTTP_CLIENTS = [(128, 16), (DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY), (1000, 4)]
 
 
 def http_cells_per_s(

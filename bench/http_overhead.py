@@ -10,6 +10,7 @@ Default rate: scFoundation's 768/12/12 on an H200 in bench/RESULTS.md (1.36M tok
     python bench/http_overhead.py                 # 4,096 cells, the client shapes of gpu.py
     python bench/http_overhead.py --rate 3e5      # a slower accelerator
     python bench/http_overhead.py --dispatches 1  # BentoML's one dispatch at a time
+    python bench/http_overhead.py --shapes 256x8 1000x4   # other client shapes
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import synthetic_cells
-from gpu import http_cells_per_s
+from gpu import HTTP_CLIENTS, http_cells_per_s
 
 from scstrata_service.families.scfoundation.backend import ScFoundationBackend
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
@@ -39,6 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--dispatches", type=int, default=None, help="SCSTRATA_DISPATCHES (default: the service's)"
     )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=client_shape,
+        default=HTTP_CLIENTS,
+        help="client shapes as CELLSxIN_FLIGHT (default: those of gpu.py)",
+    )
     args = parser.parse_args(argv)
 
     checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, depth=2, heads=4)
@@ -52,13 +60,23 @@ def main(argv: list[str] | None = None) -> dict:
     env = {"PYTHONPATH": path, "SCSTRATA_SIMULATED_TOKENS_PER_S": str(args.rate)}
     if args.dispatches is not None:
         env["SCSTRATA_DISPATCHES"] = str(args.dispatches)
-    rows = http_cells_per_s(checkpoint, counts, genes, 1 << 20, env=env)
+    rows = http_cells_per_s(checkpoint, counts, genes, 1 << 20, env=env, shapes=args.shapes)
     for row in rows:
         row["http_vs_in_process"] = round(accelerator_s / (args.cells / row["cells_per_s"]), 3)
         row["cells_per_s"] = round(row["cells_per_s"], 2)
     report = {"cells": args.cells, "tokens": tokens, "tokens_per_s": args.rate, "clients": rows}
     print(json.dumps(report, indent=2))
     return report
+
+
+def client_shape(text: str) -> tuple[int, int]:
+    """'256x8' -> (256 cells per request, 8 requests in flight)."""
+    try:
+        chunk, in_flight = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        message = f"{text!r}: expected CELLSxIN_FLIGHT, e.g. 256x8"
+        raise argparse.ArgumentTypeError(message) from None
+    return chunk, in_flight
 
 
 if __name__ == "__main__":

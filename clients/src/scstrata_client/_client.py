@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import numpy as np
 
-from ._base import Cancelled, ClientBase
+from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, Cancelled, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
@@ -67,8 +67,8 @@ class Client(ClientBase):
         *,
         token: str | None = None,
         timeout: float = 300.0,
-        chunk_size: int = 1000,
-        max_concurrency: int = 4,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_retries: int = 5,
         backoff: float = 0.5,
         progress: bool | None = None,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY
 from ._protocol import normalise_layers
 from .exceptions import ScstrataError
 
@@ -66,8 +67,18 @@ def _parser() -> argparse.ArgumentParser:
         help="'all' (default), an index, or a list such as 0,6,-1 (-1 = last)",
     )
     embed.add_argument("--pooling", default="official", help="default: official")
-    embed.add_argument("--chunk-size", type=int, default=1000, help="cells per request")
-    embed.add_argument("--max-concurrency", type=int, default=4, help="requests in flight")
+    embed.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"cells per request (default {DEFAULT_CHUNK_SIZE})",
+    )
+    embed.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENCY,
+        help=f"requests in flight (default {DEFAULT_MAX_CONCURRENCY})",
+    )
     embed.add_argument("--token", help="bearer token (default $SCSTRATA_TOKEN)")
     embed.add_argument(
         "--counts-layer", metavar="NAME", help="take counts from adata.layers[NAME], not X"
