@@ -18,8 +18,32 @@ import numpy as np
 import scipy.sparse as sp
 
 from scstrata_client import AsyncClient, Client
+from scstrata_client._core import EmbedJob
+from scstrata_client.models import ModelCard
 
 URL = "http://svc:3000"
+
+
+def plan_job(
+    cells: Any, genes: Any, *, chunk_size: int, layers: Any = "all", dim: int | None = None
+) -> EmbedJob:
+    """A planned job for model "m" with the official pooling; with ``dim``, the job knows the
+    model's card (12 layers, ``dim``-wide vectors), so it can size each chunk's reply."""
+    card = None
+    if dim is not None:
+        card = ModelCard(
+            name="m", family="f", n_layers=12, poolings={"official": dim}, checkpoint_digest="d"
+        )
+    return EmbedJob.plan(
+        cells,
+        genes,
+        model="m",
+        layers=layers,
+        pooling="official",
+        options=None,
+        chunk_size=chunk_size,
+        card=card,
+    )
 
 
 def resolve(layers: Any, n_layers: int) -> list[int]:

@@ -10,11 +10,10 @@ import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from client_fakes import FakeService, RecordingTransport, item_matrix
+from client_fakes import FakeService, RecordingTransport, item_matrix, plan_job
 
 from scstrata_client import Client
 from scstrata_client._core import NPZ_AUTO_NNZ_THRESHOLD, NPZ_AUTO_THRESHOLD, EmbedJob
-from scstrata_client.models import ModelCard
 
 from helpers import make_cells
 
@@ -40,16 +39,10 @@ def _sent(requests: list[httpx.Request]) -> list[tuple[bool, str | None, bool]]:
     return out
 
 
-def _card(dim: int) -> ModelCard:
-    return ModelCard(
-        name="m", family="f", n_layers=12, poolings={"official": dim}, checkpoint_digest="d"
-    )
-
-
 # -- the choice ---------------------------------------------------------------------------------
 
 
-def _boundary_job(card: ModelCard | None) -> EmbedJob:
+def _boundary_job(dim: int | None) -> EmbedJob:
     """Chunk 0 holds exactly NPZ_AUTO_NNZ_THRESHOLD non-zeros, chunk 1 one more."""
     n_cells = 100
     n_genes, rest = divmod(NPZ_AUTO_NNZ_THRESHOLD, n_cells)
@@ -57,24 +50,16 @@ def _boundary_job(card: ModelCard | None) -> EmbedJob:
     dense = np.zeros((2 * n_cells, n_genes + 1), dtype=np.float32)
     dense[:, :n_genes] = 1.0
     dense[n_cells, n_genes] = 1.0
-    job = EmbedJob.plan(
-        dense,
-        [f"G{j}" for j in range(n_genes + 1)],
-        model="m",
-        layers=0,
-        pooling="official",
-        options=None,
-        chunk_size=n_cells,
-        card=card,
-    )
+    genes = [f"G{j}" for j in range(n_genes + 1)]
+    job = plan_job(dense, genes, chunk_size=n_cells, layers=0, dim=dim)
     nnz = [job.cells[a:b].nnz for a, b in job.ranges]
     assert nnz == [NPZ_AUTO_NNZ_THRESHOLD, NPZ_AUTO_NNZ_THRESHOLD + 1]
     return job
 
 
-@pytest.mark.parametrize("card", [_card(8), None], ids=["card", "no-card"])
-def test_auto_picks_npz_above_the_non_zero_threshold_whatever_the_reply(card):
-    job = _boundary_job(card)
+@pytest.mark.parametrize("dim", [8, None], ids=["card", "no-card"])
+def test_auto_picks_npz_above_the_non_zero_threshold_whatever_the_reply(dim):
+    job = _boundary_job(dim)
     # 100 cells x 1 layer x 8 floats: the reply rule alone says JSON for both chunks.
     assert NPZ_AUTO_THRESHOLD >= 100 * 1 * 8
     at, above = job.tasks("auto")
@@ -84,7 +69,7 @@ def test_auto_picks_npz_above_the_non_zero_threshold_whatever_the_reply(card):
     item = job.body(above)["items"][0]
     assert item["format"] == "npz" and "cells_npz" in item and "cells" not in item
     assert "cells" in job.body(at)["items"][0]
-    assert above.expected == ((0,) if card is not None else None)
+    assert above.expected == ((0,) if dim is not None else None)
     # A service that refused npz keeps JSON; an explicit choice wins over the rule.
     assert [t.format for t in job.tasks("auto", npz_ok=False)] == ["json", "json"]
     assert [t.format for t in job.tasks("json")] == ["json", "json"]
@@ -94,16 +79,7 @@ def test_auto_picks_npz_above_the_non_zero_threshold_whatever_the_reply(card):
 def test_the_reply_rule_still_applies_to_chunks_with_few_non_zeros(counts, gene_names):
     big_dim = NPZ_AUTO_THRESHOLD // 7 + 1  # 7 cells x 1 layer
     for dim, want in [(big_dim, "npz"), (big_dim - 1, "json")]:
-        job = EmbedJob.plan(
-            counts,
-            gene_names,
-            model="m",
-            layers=3,
-            pooling="official",
-            options=None,
-            chunk_size=7,
-            card=_card(dim),
-        )
+        job = plan_job(counts, gene_names, chunk_size=7, layers=3, dim=dim)
         (task,) = job.tasks("auto")
         assert task.format == want and task.cells_npz == (want == "npz")
 

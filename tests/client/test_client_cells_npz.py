@@ -12,17 +12,15 @@ import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from client_fakes import FakeService, RecordingTransport, item_matrix
+from client_fakes import FakeService, RecordingTransport, item_matrix, plan_job
 
 from scstrata_client import AsyncClient, Client, InvalidRequest
-from scstrata_client._core import EmbedJob
 from scstrata_client._protocol import (
     build_item,
     decode_reply,
     rejects_cells_npz,
     rejects_npz,
 )
-from scstrata_client.models import ModelCard
 
 from helpers import make_cells
 
@@ -59,23 +57,8 @@ def test_build_item_encodes_the_same_csr_as_the_json_cells(counts, gene_names):
     np.testing.assert_array_equal(item_matrix(as_npz).toarray(), cells.toarray())
 
 
-def _card(dim: int) -> ModelCard:
-    return ModelCard(
-        name="m", family="f", n_layers=12, poolings={"official": dim}, checkpoint_digest="d"
-    )
-
-
 def test_npz_tasks_send_cells_npz_and_json_tasks_send_cells(counts, gene_names):
-    job = EmbedJob.plan(
-        counts,
-        gene_names,
-        model="m",
-        layers="all",
-        pooling="official",
-        options=None,
-        chunk_size=7,
-        card=_card(3),
-    )
+    job = plan_job(counts, gene_names, chunk_size=7, dim=3)
     (npz_task,) = job.tasks("npz")
     (json_task,) = job.tasks("json")
     (auto_task,) = job.tasks("auto")  # 7 x 13 x 3 floats: small, so JSON

@@ -1,20 +1,13 @@
 import numpy as np
 import pytest
+from client_fakes import plan_job
 
 from scstrata_client import ProtocolError
 from scstrata_client._core import EmbedJob
 
 
 def _job(counts, gene_names, chunk_size=3, layers="all"):
-    return EmbedJob.plan(
-        counts,
-        gene_names,
-        model="m",
-        layers=layers,
-        pooling="official",
-        options=None,
-        chunk_size=chunk_size,
-    )
+    return plan_job(counts, gene_names, chunk_size=chunk_size, layers=layers)
 
 
 def test_chunk_bodies_carry_only_their_own_rows(counts, gene_names):

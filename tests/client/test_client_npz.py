@@ -8,12 +8,11 @@ import io
 import httpx
 import numpy as np
 import pytest
-from client_fakes import FakeService, npz_bytes
+from client_fakes import FakeService, npz_bytes, plan_job
 
 from scstrata_client import InvalidRequest, ProtocolError
-from scstrata_client._core import NPZ_AUTO_THRESHOLD, EmbedJob
+from scstrata_client._core import NPZ_AUTO_THRESHOLD
 from scstrata_client._protocol import RawNpz, build_item, decode_reply, parse_embed_reply
-from scstrata_client.models import ModelCard
 
 
 def _arrays(n=3, dim=4, layers=(0, 2)):
@@ -89,26 +88,11 @@ def test_build_item_adds_format_only_for_npz(counts, gene_names):
     assert build_item(cells, gene_names, format="npz", **args)["format"] == "npz"
 
 
-def _card(dim):
-    return ModelCard(
-        name="m", family="f", n_layers=12, poolings={"official": dim}, checkpoint_digest="d"
-    )
-
-
 def test_auto_format_asks_for_npz_only_above_the_threshold(counts, gene_names):
     # 7 cells x 13 layers x dim floats per chunk.
     big_dim = NPZ_AUTO_THRESHOLD // (7 * 13) + 1
     for dim, expected in [(big_dim, "npz"), (big_dim - 1, "json")]:
-        job = EmbedJob.plan(
-            counts,
-            gene_names,
-            model="m",
-            layers="all",
-            pooling="official",
-            options=None,
-            chunk_size=7,
-            card=_card(dim),
-        )
+        job = plan_job(counts, gene_names, chunk_size=7, dim=dim)
         (task,) = job.tasks("auto")
         assert task.format == expected
         accept = job.headers(task).get("Accept")
