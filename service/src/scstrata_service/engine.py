@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from scstrata_service.backend import ModelBackend, PooledLayers, TokenizedCells
+from scstrata_service.contract import ModelBackend, PooledLayers, TokenizedCells
+from scstrata_service.layers import Readout
 from scstrata_service.metrics import observe_passes, record_request
 from scstrata_service.settings import SETTINGS
 
@@ -50,11 +51,13 @@ _ACCELERATOR_TURN = threading.Lock()
 
 
 def run_jobs(jobs: Sequence[EmbedJob]) -> list[JobResult]:
-    """Results in job order; jobs for the same model share packed forward passes."""
+    """Results in job order; jobs for the same model share packed forward passes (those that
+    leave layer L's final norm out, option ``final_norm: false``, share their own)."""
     results: list[JobResult | None] = [None] * len(jobs)
-    by_model: dict[int, list[int]] = {}
+    by_model: dict[tuple[int, bool], list[int]] = {}
     for i, job in enumerate(jobs):
-        by_model.setdefault(id(job.backend), []).append(i)
+        final_norm = job.backend.parse_options(job.options).final_norm
+        by_model.setdefault((id(job.backend), final_norm), []).append(i)
     with _ACCELERATOR_TURN:
         for members in by_model.values():
             backend = jobs[members[0]].backend
@@ -71,14 +74,15 @@ def _run_model_jobs(
     results: list[JobResult | None],
 ) -> int:
     """Embed ``jobs[members]`` (all for ``backend``) into ``results``; return the cell count."""
-    wanted = [out for i in members for out in jobs[i].outputs]
-    layers = sorted({k for _, ks in wanted for k in ks})
-    poolings = sorted({p for p, _ in wanted})
+    final_norm = backend.parse_options(jobs[members[0]].options).final_norm
+    readout = Readout.merge(
+        Readout(tuple(ks), (p,), final_norm) for i in members for p, ks in jobs[i].outputs
+    )
     n_cells = 0
     with observe_passes(backend.card.name):
         for group in tokenized_groups(backend, [jobs[i] for i in members]):
             tokens = TokenizedCells.concat([t for _, t in group])
-            pooled = backend.embed(tokens, layers, poolings)
+            pooled = backend.read(tokens, readout)
             start = 0
             for position, tok in group:
                 index = members[position]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import bentoml
 
-from scstrata_service import packing
+from scstrata_service.runtime import batching
 
 CELLS = bentoml.metrics.Counter(
     name="scstrata_cells_embedded", documentation="cells embedded", labelnames=["model"]
@@ -51,11 +51,11 @@ def observe_passes(model: str) -> Iterator[None]:
         PASS_TOKENS.labels(model=model).observe(n_tokens)
         PADDING.labels(model=model).observe(1 - n_tokens / max(padded_slots, 1))
 
-    token = packing.pass_observer.set(record)
+    token = batching.pass_observer.set(record)
     try:
         yield
     finally:
-        packing.pass_observer.reset(token)
+        batching.pass_observer.reset(token)
 
 
 def record_request(model: str, n_cells: int, seconds: float) -> None:

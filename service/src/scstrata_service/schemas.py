@@ -20,13 +20,11 @@ import scipy.sparse as sp
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from scstrata_service.backend import InputError, ModelCard, TokenizedCells
+from scstrata_service.contract import MAX_LISTED, InputError, ModelCard, TokenizedCells
 from scstrata_service.engine import tokenize_soon
-from scstrata_service.layers import LayerError, resolve_layers
+from scstrata_service.layers import LayerError, check_pooling, resolve_layers
 from scstrata_service.registry import active
 from scstrata_service.settings import SETTINGS
-
-MAX_LISTED = 50
 
 
 class LimitExceeded(BentoMLException):
@@ -249,12 +247,10 @@ class EmbedItem(OutputSpec):
             layers = resolve_layers(spec.layers, card.n_layers)
         except LayerError as err:
             raise ValueError(f"{err} ('{card.name}')") from None
-        if spec.pooling not in card.poolings:
-            raise ValueError(
-                f"pooling: {spec.pooling!r} is not offered by '{card.name}'; "
-                f"choose from {sorted(card.poolings)}"
-            )
-        return spec.pooling, layers
+        try:
+            return check_pooling(spec.pooling, card), layers
+        except LayerError as err:
+            raise ValueError(str(err)) from None
 
     def _read_cells(self) -> tuple[sp.csr_matrix, list[str]]:
         if self.h5ad is not None:

@@ -22,8 +22,8 @@ from starlette.routing import Route
 from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import EmbedJob, JobResult, run_jobs
 from scstrata_service.middleware import ScstrataMiddleware
-from scstrata_service.packing import AcceleratorOutOfMemory
 from scstrata_service.registry import Registry, active, set_active, specs_from_env
+from scstrata_service.runtime.batching import AcceleratorOutOfMemory
 from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRows
 from scstrata_service.settings import SETTINGS
 

@@ -24,7 +24,7 @@ from scstrata_service.families.scfoundation.encoder import ScFoundationEncoder
 N_VOCAB = 19_264
 
 
-def _config_dict(hidden: int, depth: int, heads: int, decoder_hidden: int) -> dict:
+def _config_dict(hidden: int, n_layers: int, n_heads: int, decoder_hidden: int) -> dict:
     """The nested config the release stores (released values: 768 / 12 / 12, decoder 512)."""
     return {
         "model": "mae_autobin",
@@ -37,8 +37,8 @@ def _config_dict(hidden: int, depth: int, heads: int, decoder_hidden: int) -> di
                 "bin_alpha": 1.0,
                 "encoder": {
                     "hidden_dim": hidden,
-                    "depth": depth,
-                    "heads": heads,
+                    "depth": n_layers,
+                    "heads": n_heads,
                     "module_type": "transformer",
                 },
                 "decoder": {
@@ -88,8 +88,8 @@ def fabricate_checkpoint(
     folder: Path,
     *,
     hidden: int = 32,
-    depth: int = 3,
-    heads: int = 4,
+    n_layers: int = 3,
+    n_heads: int = 4,
     seed: int = 0,
 ) -> Path:
     """Write ``folder/models.ckpt`` and the gene list beside it; return the checkpoint path."""
@@ -97,7 +97,7 @@ def fabricate_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    raw = _config_dict(hidden, depth, heads, decoder_hidden=16)
+    raw = _config_dict(hidden, n_layers, n_heads, decoder_hidden=16)
     config = ScFoundationConfig(
         seq_len=N_VOCAB + 2,
         bin_num=100,
@@ -105,8 +105,8 @@ def fabricate_checkpoint(
         pad_token_id=103,
         mask_token_id=102,
         hidden_dim=hidden,
-        depth=depth,
-        heads=heads,
+        depth=n_layers,
+        heads=n_heads,
     )
     checkpoint = {}
     for version in ("gene", "cell", "rde"):
