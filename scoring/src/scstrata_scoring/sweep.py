@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anndata as ad
@@ -42,7 +43,7 @@ from .perturbation import (
     rsa_score,
 )
 from .proxies import effective_rank, matrix_entropy
-from .resample import bootstrap_indices, percentile_interval
+from .resample import BootstrapDraws, bootstrap_indices, percentile_interval
 from .summary import summarise
 from .trajectory import trajectory_evidence, trajectory_reference, trajectory_statistics
 
@@ -159,12 +160,12 @@ def score_trajectory(
         reps.append(
             _Rep(BASELINE_EXPRESSION, None, np.nan, expression_matrix(log_normalise(adata)))
         )
-    idx = bootstrap_indices(ref.n_cells, n_boot, np.random.default_rng([seed, 0]))
+    draws = BootstrapDraws(ref.n_cells, n_boot, (seed, 0))  # batched: memory bounded
     out = _Collector("trajectory")
     for rep in tqdm(reps, desc="trajectory", disable=not progress):
         evidence = trajectory_evidence(rep.embedding, ref, n_neighbors, k_alignment)
         full = trajectory_statistics(evidence, ref)
-        boot = trajectory_statistics(evidence, ref, idx)
+        boot = draws.map(partial(trajectory_statistics, evidence, ref))
         for metric, value in full.items():
             out.add(rep, context, metric, float(value[0]), boot[metric])
         _add_proxies(out, rep, context, rep.embedding)

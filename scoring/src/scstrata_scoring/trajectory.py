@@ -35,12 +35,17 @@ import scanpy as sc
 
 from .baselines import hvg_pca, log_normalise
 from .neighbours import (
+    Neighbours,
     alignment_score,
     check_embedding,
     knn_indices,
+    label_distances,
+    nearest_neighbours,
     neighbourhood_overlap,
     neighbourhood_overlap_per_cell,
+    overlap_of_neighbours,
     random_label_distance,
+    scanpy_neighbours,
     sequential_alignment,
     sequential_alignment_distances,
 )
@@ -157,8 +162,9 @@ def trajectory_reference(
         )
     root = root_cell(adata.obs[time_key])
     pca = hvg_pca(log_normalise(adata), n_top_genes=n_top_genes, n_pcs=n_pcs)
-    pseudotime = _dpt(pca, root, n_neighbors)
-    return TrajectoryReference(pseudotime, root, pca, time, knn_indices(pca, k_overlap))
+    neighbours = nearest_neighbours(pca, max(n_neighbors - 1, k_overlap))
+    pseudotime = _dpt(pca, root, n_neighbors, neighbours)
+    return TrajectoryReference(pseudotime, root, pca, time, neighbours.first(k_overlap))
 
 
 def reference_pseudotime(
@@ -219,14 +225,19 @@ def trajectory_evidence(
     n_neighbors: int = 30,
     k_alignment: int = 15,
 ) -> TrajectoryEvidence:
-    """DPT, kNN overlap and label distances of ``embedding`` against ``reference``."""
+    """DPT, kNN overlap and label distances of ``embedding`` against ``reference``.
+
+    One neighbour search serves all three (DPT's graph, the overlap, the alignment).
+    """
     emb = check_embedding(embedding)
     if emb.shape[0] != reference.n_cells:
         raise ValueError(f"embedding has {emb.shape[0]} cells, reference {reference.n_cells}")
+    k_overlap = reference.knn.shape[1]
+    nn = nearest_neighbours(emb, max(n_neighbors - 1, k_overlap, k_alignment))
     return TrajectoryEvidence(
-        pseudotime=_dpt(emb, reference.root, n_neighbors),
-        overlap=neighbourhood_overlap_per_cell(emb, reference.knn),
-        alignment=sequential_alignment_distances(emb, reference.time, k_alignment),
+        pseudotime=_dpt(emb, reference.root, n_neighbors, nn),
+        overlap=overlap_of_neighbours(nn.first(k_overlap), reference.knn),
+        alignment=label_distances(nn.first(k_alignment), reference.time),
     )
 
 
@@ -311,20 +322,27 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(rowwise_spearman(a[None, :], b[None, :])[0])
 
 
-def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
-    """DPT from ``root`` on a kNN graph of ``rep``, on a scratch AnnData."""
+def _dpt(rep, root: int, n_neighbors: int, neighbours: Neighbours | None = None) -> np.ndarray:
+    """DPT from ``root`` on a kNN graph of ``rep``, on a scratch AnnData.
+
+    The graph is ``neighbours`` (searched here if None), handed to scanpy as ``transformer``
+    so that scanpy never searches itself; ``n_neighbors`` counts the cell, as in scanpy.
+    """
     n_cells = rep.shape[0]
     if n_cells < 3:
         raise ValueError(f"DPT needs at least 3 cells, got {n_cells}")
+    n_neighbors = min(n_neighbors, n_cells - 1)
+    if neighbours is None:
+        neighbours = nearest_neighbours(rep, n_neighbors - 1)
     scratch = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)))
-    scratch.obsm["X_rep"] = np.asarray(rep)
+    scratch.obsm["X_rep"] = rep  # only its shape is used: scanpy gets the graph above
     with warnings.catch_warnings():
         # scanpy warns about the empty X of the scratch object; it is never used.
         warnings.simplefilter("ignore", UserWarning)
         sc.pp.neighbors(
             scratch,
-            n_neighbors=min(n_neighbors, n_cells - 1),
             use_rep="X_rep",
+            transformer=scanpy_neighbours(neighbours, n_neighbors),
             random_state=_RANDOM_STATE,
         )
         n_comps = min(_N_DIFFMAP_COMPS, n_cells - 2)
