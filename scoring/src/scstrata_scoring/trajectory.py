@@ -20,6 +20,11 @@ penalty stays visible.
 Bootstrap intervals resample cells and recompute each score from per-cell quantities (the two
 pseudotimes, per-cell overlaps and label distances); the kNN graphs and DPT are computed once
 on all cells, since a resample with duplicated cells has no meaningful kNN graph.
+
+``recipe="study"`` (:mod:`.recipe`) reproduces the layer study instead: HVGs are chosen among
+all genes of the file (undetected ones included), cells unreachable in either pseudotime are
+left out of the two Spearman correlations, and the neighbourhood overlap compares scanpy's
+stored neighbours (29 for a 30-neighbour graph) padded with cell 0 to 30 slots.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from scipy import sparse
 
 from .baselines import hvg_pca, log_normalise
 from .neighbours import (
@@ -44,6 +50,7 @@ from .neighbours import (
     sequential_alignment,
     sequential_alignment_distances,
 )
+from .recipe import Recipe, check_recipe, padded_neighbours, padded_overlap_per_cell
 from .resample import rowwise_spearman
 
 __all__ = [
@@ -119,7 +126,9 @@ class TrajectoryReference:
 
     ``pseudotime``: reference DPT per cell (``inf`` if unreachable); ``root``: its root cell;
     ``pca``: the representation it was computed on (also the ``baseline:pca``); ``time``:
-    observed time labels as floats; ``knn``: each cell's ``k`` nearest neighbours in ``pca``.
+    observed time labels as floats; ``knn``: each cell's ``k`` nearest neighbours in ``pca``
+    (under the study recipe, its padded table of scanpy's neighbours:
+    :func:`~scstrata_scoring.recipe.padded_neighbours`); ``recipe``: which recipe built it.
     """
 
     pseudotime: np.ndarray
@@ -127,6 +136,7 @@ class TrajectoryReference:
     pca: np.ndarray
     time: np.ndarray
     knn: np.ndarray
+    recipe: Recipe = "scstrata"
 
     @property
     def n_cells(self) -> int:
@@ -140,25 +150,32 @@ def trajectory_reference(
     n_pcs: int = 50,
     n_neighbors: int = 30,
     k_overlap: int = 30,
+    recipe: Recipe = "scstrata",
 ) -> TrajectoryReference:
     """The reference of the trajectory task for ``adata`` (raw counts in ``X``).
 
-    :func:`~scstrata_scoring.baselines.log_normalise` (10,000 counts per cell, ``log1p``,
-    detected genes), :func:`~scstrata_scoring.baselines.hvg_pca` (``n_top_genes`` HVGs of
-    flavour ``"seurat"``, ``n_pcs`` unscaled PCs), a kNN graph with ``n_neighbors``, a
-    diffusion map, and DPT from :func:`root_cell` of ``adata.obs[time_key]``. Every cell needs
-    a time label (drop the others first, as :func:`~scstrata_scoring.data.read_trajectory`
-    does).
+    :func:`~scstrata_scoring.baselines.log_normalise` (10,000 counts per cell, ``log1p``;
+    detected genes, or all genes under the study recipe),
+    :func:`~scstrata_scoring.baselines.hvg_pca` (``n_top_genes`` HVGs of flavour
+    ``"seurat"``, ``n_pcs`` unscaled PCs), a kNN graph with ``n_neighbors``, a diffusion map,
+    and DPT from :func:`root_cell` of ``adata.obs[time_key]``. Every cell needs a time label
+    (drop the others first, as :func:`~scstrata_scoring.data.read_trajectory` does).
     """
+    recipe = check_recipe(recipe)
     time = time_values(adata.obs[time_key])
     if np.isnan(time).any():
         raise ValueError(
             f"obs[{time_key!r}] is missing for {int(np.isnan(time).sum())} cells; drop them first"
         )
     root = root_cell(adata.obs[time_key])
-    pca = hvg_pca(log_normalise(adata), n_top_genes=n_top_genes, n_pcs=n_pcs)
-    pseudotime = _dpt(pca, root, n_neighbors)
-    return TrajectoryReference(pseudotime, root, pca, time, knn_indices(pca, k_overlap))
+    lognorm = log_normalise(adata, drop_undetected=recipe == "scstrata")
+    pca = hvg_pca(lognorm, n_top_genes=n_top_genes, n_pcs=n_pcs)
+    pseudotime, distances = _dpt_graph(pca, root, n_neighbors)
+    if recipe == "study":
+        knn = padded_neighbours(distances, k_overlap)
+    else:
+        knn = knn_indices(pca, k_overlap)
+    return TrajectoryReference(pseudotime, root, pca, time, knn, recipe)
 
 
 def reference_pseudotime(
@@ -219,13 +236,23 @@ def trajectory_evidence(
     n_neighbors: int = 30,
     k_alignment: int = 15,
 ) -> TrajectoryEvidence:
-    """DPT, kNN overlap and label distances of ``embedding`` against ``reference``."""
+    """DPT, kNN overlap and label distances of ``embedding`` against ``reference``.
+
+    The overlap follows the reference's recipe: exact neighbours, or (study) the padded
+    tables of scanpy's graphs, the layer's being the graph its DPT was computed on.
+    """
     emb = check_embedding(embedding)
     if emb.shape[0] != reference.n_cells:
         raise ValueError(f"embedding has {emb.shape[0]} cells, reference {reference.n_cells}")
+    pseudotime, distances = _dpt_graph(emb, reference.root, n_neighbors)
+    if reference.recipe == "study":
+        k = reference.knn.shape[1]
+        overlap = padded_overlap_per_cell(padded_neighbours(distances, k), reference.knn, k)
+    else:
+        overlap = neighbourhood_overlap_per_cell(emb, reference.knn)
     return TrajectoryEvidence(
-        pseudotime=_dpt(emb, reference.root, n_neighbors),
-        overlap=neighbourhood_overlap_per_cell(emb, reference.knn),
+        pseudotime=pseudotime,
+        overlap=overlap,
         alignment=sequential_alignment_distances(emb, reference.time, k_alignment),
     )
 
@@ -237,17 +264,24 @@ def trajectory_statistics(
 
     ``idx`` is ``(n_draws, n)``; ``None`` means all cells once. Each score is an array with one
     value per row. Definitions: see :data:`TRAJECTORY_METRICS` and the module docstring;
-    unreachable cells are ranked last (:func:`rank_unreachable_last`).
+    unreachable cells are ranked last (:func:`rank_unreachable_last`), or under the study
+    recipe left out of ``dpt_spearman`` and ``time_spearman`` (cells unreachable in either
+    pseudotime for the first, in the layer's for the second).
     """
     if idx is None:
         idx = np.arange(reference.n_cells)[None, :]
-    layer_pt = rank_unreachable_last(evidence.pseudotime)
-    ref_pt = rank_unreachable_last(reference.pseudotime)
+    if reference.recipe == "study":
+        layer_pt, ref_pt = evidence.pseudotime, reference.pseudotime
+        correlate = _finite_rowwise_spearman
+    else:
+        layer_pt = rank_unreachable_last(evidence.pseudotime)
+        ref_pt = rank_unreachable_last(reference.pseudotime)
+        correlate = rowwise_spearman
     d = evidence.alignment[idx].mean(axis=1)
     d_random = np.atleast_1d(random_label_distance(reference.time[idx]))
     return {
-        "dpt_spearman": rowwise_spearman(layer_pt[idx], ref_pt[idx]),
-        "time_spearman": rowwise_spearman(layer_pt[idx], reference.time[idx]),
+        "dpt_spearman": correlate(layer_pt[idx], ref_pt[idx]),
+        "time_spearman": correlate(layer_pt[idx], reference.time[idx]),
         "neighbourhood_overlap": evidence.overlap[idx].mean(axis=1),
         "sequential_alignment": alignment_score(d, d_random),
         "dpt_unreachable_fraction": (~np.isfinite(evidence.pseudotime))[idx].mean(axis=1),
@@ -311,8 +345,32 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(rowwise_spearman(a[None, :], b[None, :])[0])
 
 
+def _finite_rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`rowwise_spearman` of each row over the columns finite on both sides."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    if finite.all():
+        return rowwise_spearman(a, b)
+    out = np.full(a.shape[0], np.nan)
+    for row in range(a.shape[0]):
+        keep = finite[row]
+        if keep.sum() >= 3:
+            out[row] = rowwise_spearman(a[row, keep][None, :], b[row, keep][None, :])[0]
+    return out
+
+
 def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
-    """DPT from ``root`` on a kNN graph of ``rep``, on a scratch AnnData."""
+    """DPT from ``root`` on a kNN graph of ``rep`` (see :func:`_dpt_graph`)."""
+    return _dpt_graph(rep, root, n_neighbors)[0]
+
+
+def _dpt_graph(
+    rep: np.ndarray, root: int, n_neighbors: int
+) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """DPT from ``root`` on a kNN graph of ``rep``, and that graph's distance matrix.
+
+    Computed on a scratch AnnData with scanpy's defaults; the distances are scanpy's
+    ``obsp["distances"]`` (each cell's ``n_neighbors - 1`` nearest other cells).
+    """
     n_cells = rep.shape[0]
     if n_cells < 3:
         raise ValueError(f"DPT needs at least 3 cells, got {n_cells}")
@@ -331,4 +389,5 @@ def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
         sc.tl.diffmap(scratch, n_comps=n_comps, random_state=_RANDOM_STATE)
         scratch.uns["iroot"] = int(root)
         sc.tl.dpt(scratch, n_dcs=min(_N_DCS, n_comps))
-    return scratch.obs["dpt_pseudotime"].to_numpy(dtype=np.float64)
+    pseudotime = scratch.obs["dpt_pseudotime"].to_numpy(dtype=np.float64)
+    return pseudotime, sparse.csr_matrix(scratch.obsp["distances"])
