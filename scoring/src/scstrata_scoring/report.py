@@ -33,7 +33,7 @@ _RECIPE_INFO = {
     "left out.",
     ("study", "neighbourhood_overlap"): "Study recipe, reproduced as published: scanpy's 29 "
     "stored neighbours of each cell, padded with cell 0 to 30 slots, divided by 30; cell 0 "
-    "then counts as shared by every cell, which adds about 1/30 (0.033) to every score.",
+    "then counts as shared by every cell, which adds up to 1/30 (0.033) to every score.",
     ("scstrata", "dpt_spearman"): "Cells unreachable in a pseudotime are ranked tied last.",
 }
 
@@ -247,8 +247,8 @@ def _baselines_html(df: pd.DataFrame, tasks: list[str]) -> str:
     if "trajectory" in tasks:
         notes.append(
             "The reference pseudotime and neighbours are computed on baseline:pca itself, so "
-            "its pseudotime agreement and neighbourhood overlap are 1 by construction: a "
-            "ceiling, not a competitor."
+            "its pseudotime agreement and neighbourhood overlap are 1 by construction (the "
+            "study recipe's padded overlap just under 1): a ceiling, not a competitor."
         )
     if "perturbation" in tasks:
         notes.append(

@@ -181,7 +181,8 @@ def score_trajectory(
 
     ``baseline:pca`` is the reference's own representation, so its ``dpt_spearman`` and
     ``neighbourhood_overlap`` are 1 by construction (a ceiling, not a competitor); under the
-    study recipe its overlap is 1 too, its padding included.
+    study recipe its overlap is just under 1 (a cell with cell 0 among its neighbours has
+    29 distinct entries in its padded table, not 30).
 
     ``recipe`` (:mod:`.recipe`): ``"scstrata"`` or the study's ``"study"``.
     """
