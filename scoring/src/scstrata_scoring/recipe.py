@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy import sparse
 
 from .pull import card_field, card_get
 
@@ -139,19 +138,18 @@ def study_layer_number(layer: int) -> int:
     return int(layer) - 1
 
 
-def padded_neighbours(distances: sparse.spmatrix, k: int) -> np.ndarray:
-    """The study's neighbour table of a scanpy kNN graph: ``(n, k)`` ints.
+def padded_neighbours(stored: np.ndarray, k: int) -> np.ndarray:
+    """The study's neighbour table: ``(n, k)`` ints from the neighbours a graph stores.
 
-    Row *i* holds the columns stored in row *i* of scanpy's ``distances`` matrix (built with
-    ``n_neighbors = k`` it stores the ``k - 1`` nearest *other* cells), at most ``k`` of them,
-    and cell 0 in every slot left over. The study compared these tables, so its overlap counts
-    cell 0 as a shared neighbour of every cell.
+    ``stored`` holds, per cell, the nearest other cells a scanpy graph keeps (built with
+    ``n_neighbors = k`` it keeps ``k - 1``: the cell itself counts as one). The study read
+    them into ``k`` slots and left cell 0 in every slot left over, so its overlap counts cell
+    0 as a shared neighbour of every cell.
     """
-    dist = sparse.csr_matrix(distances)
-    table = np.zeros((dist.shape[0], k), dtype=np.int64)
-    for i in range(dist.shape[0]):
-        stored = dist.indices[dist.indptr[i] : dist.indptr[i + 1]][:k]
-        table[i, : stored.size] = stored
+    stored = np.asarray(stored, dtype=np.int64)
+    table = np.zeros((stored.shape[0], k), dtype=np.int64)
+    width = min(stored.shape[1], k)
+    table[:, :width] = stored[:, :width]
     return table
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anndata as ad
@@ -47,7 +48,7 @@ from .perturbation import (
 )
 from .proxies import effective_rank, matrix_entropy
 from .recipe import Recipe, check_recipe
-from .resample import bootstrap_indices, percentile_interval
+from .resample import BootstrapDraws, bootstrap_indices, percentile_interval
 from .summary import summarise
 from .trajectory import trajectory_evidence, trajectory_reference, trajectory_statistics
 
@@ -201,12 +202,12 @@ def score_trajectory(
         reps.append(
             _Rep(BASELINE_EXPRESSION, None, np.nan, expression_matrix(log_normalise(adata)))
         )
-    idx = bootstrap_indices(ref.n_cells, n_boot, np.random.default_rng([seed, 0]))
+    draws = BootstrapDraws(ref.n_cells, n_boot, (seed, 0))  # batched: memory bounded
     out = _Collector("trajectory", recipe)
     for rep in tqdm(reps, desc="trajectory", disable=not progress):
         evidence = trajectory_evidence(rep.embedding, ref, n_neighbors, k_alignment)
         full = trajectory_statistics(evidence, ref)
-        boot = trajectory_statistics(evidence, ref, idx)
+        boot = draws.map(partial(trajectory_statistics, evidence, ref))
         for metric, value in full.items():
             out.add(rep, context, metric, float(value[0]), boot[metric])
         _add_proxies(out, rep, context, rep.embedding)

@@ -37,16 +37,20 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import sparse
 
 from .baselines import hvg_pca, log_normalise
 from .neighbours import (
+    Neighbours,
     alignment_score,
     check_embedding,
     knn_indices,
+    label_distances,
+    nearest_neighbours,
     neighbourhood_overlap,
     neighbourhood_overlap_per_cell,
+    overlap_of_neighbours,
     random_label_distance,
+    scanpy_neighbours,
     sequential_alignment,
     sequential_alignment_distances,
 )
@@ -126,9 +130,7 @@ class TrajectoryReference:
 
     ``pseudotime``: reference DPT per cell (``inf`` if unreachable); ``root``: its root cell;
     ``pca``: the representation it was computed on (also the ``baseline:pca``); ``time``:
-    observed time labels as floats; ``knn``: each cell's ``k`` nearest neighbours in ``pca``
-    (under the study recipe, its padded table of scanpy's neighbours:
-    :func:`~scstrata_scoring.recipe.padded_neighbours`); ``recipe``: which recipe built it.
+    observed time labels as floats; ``knn``: each cell's ``k`` nearest neighbours in ``pca``.
     """
 
     pseudotime: np.ndarray
@@ -170,11 +172,12 @@ def trajectory_reference(
     root = root_cell(adata.obs[time_key])
     lognorm = log_normalise(adata, drop_undetected=recipe == "scstrata")
     pca = hvg_pca(lognorm, n_top_genes=n_top_genes, n_pcs=n_pcs)
-    pseudotime, distances = _dpt_graph(pca, root, n_neighbors)
+    neighbours = nearest_neighbours(pca, max(n_neighbors - 1, k_overlap))
+    pseudotime = _dpt(pca, root, n_neighbors, neighbours)
     if recipe == "study":
-        knn = padded_neighbours(distances, k_overlap)
+        knn = padded_neighbours(neighbours.first(_stored(n_neighbors, pca)), k_overlap)
     else:
-        knn = knn_indices(pca, k_overlap)
+        knn = neighbours.first(k_overlap)
     return TrajectoryReference(pseudotime, root, pca, time, knn, recipe)
 
 
@@ -238,22 +241,26 @@ def trajectory_evidence(
 ) -> TrajectoryEvidence:
     """DPT, kNN overlap and label distances of ``embedding`` against ``reference``.
 
-    The overlap follows the reference's recipe: exact neighbours, or (study) the padded
-    tables of scanpy's graphs, the layer's being the graph its DPT was computed on.
+    One neighbour search serves all three (DPT's graph, the overlap, the alignment). The
+    overlap follows the reference's recipe: exact neighbours, or (study) the padded tables of
+    the graphs the two pseudotimes were computed on (scanpy stores ``n_neighbors - 1``
+    neighbours of each cell).
     """
     emb = check_embedding(embedding)
     if emb.shape[0] != reference.n_cells:
         raise ValueError(f"embedding has {emb.shape[0]} cells, reference {reference.n_cells}")
-    pseudotime, distances = _dpt_graph(emb, reference.root, n_neighbors)
+    k_overlap = reference.knn.shape[1]
+    nn = nearest_neighbours(emb, max(n_neighbors - 1, k_overlap, k_alignment))
+    pseudotime = _dpt(emb, reference.root, n_neighbors, nn)
     if reference.recipe == "study":
-        k = reference.knn.shape[1]
-        overlap = padded_overlap_per_cell(padded_neighbours(distances, k), reference.knn, k)
+        table = padded_neighbours(nn.first(_stored(n_neighbors, emb)), k_overlap)
+        overlap = padded_overlap_per_cell(table, reference.knn, k_overlap)
     else:
-        overlap = neighbourhood_overlap_per_cell(emb, reference.knn)
+        overlap = overlap_of_neighbours(nn.first(k_overlap), reference.knn)
     return TrajectoryEvidence(
         pseudotime=pseudotime,
         overlap=overlap,
-        alignment=sequential_alignment_distances(emb, reference.time, k_alignment),
+        alignment=label_distances(nn.first(k_alignment), reference.time),
     )
 
 
@@ -358,36 +365,36 @@ def _finite_rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _dpt(rep: np.ndarray, root: int, n_neighbors: int) -> np.ndarray:
-    """DPT from ``root`` on a kNN graph of ``rep`` (see :func:`_dpt_graph`)."""
-    return _dpt_graph(rep, root, n_neighbors)[0]
+def _stored(n_neighbors: int, rep) -> int:
+    """How many other cells scanpy stores per cell for ``n_neighbors``: the cell counts."""
+    return min(n_neighbors, rep.shape[0] - 1) - 1
 
 
-def _dpt_graph(
-    rep: np.ndarray, root: int, n_neighbors: int
-) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """DPT from ``root`` on a kNN graph of ``rep``, and that graph's distance matrix.
+def _dpt(rep, root: int, n_neighbors: int, neighbours: Neighbours | None = None) -> np.ndarray:
+    """DPT from ``root`` on a kNN graph of ``rep``, on a scratch AnnData.
 
-    Computed on a scratch AnnData with scanpy's defaults; the distances are scanpy's
-    ``obsp["distances"]`` (each cell's ``n_neighbors - 1`` nearest other cells).
+    The graph is ``neighbours`` (searched here if None), handed to scanpy as ``transformer``
+    so that scanpy never searches itself; ``n_neighbors`` counts the cell, as in scanpy.
     """
     n_cells = rep.shape[0]
     if n_cells < 3:
         raise ValueError(f"DPT needs at least 3 cells, got {n_cells}")
+    n_neighbors = min(n_neighbors, n_cells - 1)
+    if neighbours is None:
+        neighbours = nearest_neighbours(rep, n_neighbors - 1)
     scratch = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)))
-    scratch.obsm["X_rep"] = np.asarray(rep)
+    scratch.obsm["X_rep"] = rep  # only its shape is used: scanpy gets the graph above
     with warnings.catch_warnings():
         # scanpy warns about the empty X of the scratch object; it is never used.
         warnings.simplefilter("ignore", UserWarning)
         sc.pp.neighbors(
             scratch,
-            n_neighbors=min(n_neighbors, n_cells - 1),
             use_rep="X_rep",
+            transformer=scanpy_neighbours(neighbours, n_neighbors),
             random_state=_RANDOM_STATE,
         )
         n_comps = min(_N_DIFFMAP_COMPS, n_cells - 2)
         sc.tl.diffmap(scratch, n_comps=n_comps, random_state=_RANDOM_STATE)
         scratch.uns["iroot"] = int(root)
         sc.tl.dpt(scratch, n_dcs=min(_N_DCS, n_comps))
-    pseudotime = scratch.obs["dpt_pseudotime"].to_numpy(dtype=np.float64)
-    return pseudotime, sparse.csr_matrix(scratch.obsp["distances"])
+    return scratch.obs["dpt_pseudotime"].to_numpy(dtype=np.float64)
