@@ -19,7 +19,9 @@ from scstrata_service.runtime.batching import (
 def cells_of(lengths) -> TokenizedCells:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.arange(offsets[-1], dtype=np.float32)
-    return TokenizedCells(np.zeros(offsets[-1], dtype=np.int64), values, offsets)
+    return TokenizedCells(
+        token_ids=np.zeros(offsets[-1], dtype=np.int64), values=values, offsets=offsets
+    )
 
 
 def sum_forward(batch: TokenizedCells) -> dict:

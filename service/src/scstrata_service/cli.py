@@ -9,6 +9,7 @@ from pathlib import Path
 
 from scstrata_service.families import FAMILIES
 from scstrata_service.registry import MODELS_ENV, ModelSpec, load_config, specs_to_env
+from scstrata_service.workers import WORKERS_ENV, parse_workers
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("attention", "SCSTRATA_ATTENTION"),
         ("compile", "SCSTRATA_COMPILE"),
         ("token_file", "SCSTRATA_TOKEN_FILE"),
+        ("workers", "SCSTRATA_WORKERS"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -49,6 +51,14 @@ def _serve(args: argparse.Namespace) -> int:
     # signals (Ctrl-C, SIGTERM) reach BentoML directly.
     os.execvpe(command[0], command, env)
     return 0  # not reached
+
+
+def _workers(text: str) -> str:
+    try:
+        parse_workers(text, gpus=0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace(WORKERS_ENV, "--workers")) from None
+    return text
 
 
 def _fabricate(args: argparse.Namespace) -> int:
@@ -101,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--token-file",
         help="require 'Authorization: Bearer <token in file>' (or set SCSTRATA_TOKEN)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes: a number, or auto (default): one per GPU, each pinned to its "
+        "GPU (1 without GPUs); on a CPU host N workers share the cores",
     )
     serve.set_defaults(run=_serve)
 

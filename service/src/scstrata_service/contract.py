@@ -74,7 +74,7 @@ class ModelCard(BaseModel):
     options: dict[str, str] = Field(default_factory=dict, description="family options and meaning")
 
 
-@dataclass
+@dataclass(kw_only=True)  # by name: the fields are all arrays, an order is easy to mix up
 class TokenizedCells:
     """Cells as variable-length token sequences, packed end to end (no padding).
 
@@ -107,7 +107,9 @@ class TokenizedCells:
         starts, ends = self.offsets[cells], self.offsets[cells + 1]
         token_index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
         offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
-        return TokenizedCells(self.token_ids[token_index], self.values[token_index], offsets)
+        return TokenizedCells(
+            token_ids=self.token_ids[token_index], values=self.values[token_index], offsets=offsets
+        )
 
     @staticmethod
     def concat(parts: Sequence[TokenizedCells]) -> TokenizedCells:
@@ -116,9 +118,9 @@ class TokenizedCells:
             np.int64
         )
         return TokenizedCells(
-            np.concatenate([p.token_ids for p in parts]),
-            np.concatenate([p.values for p in parts]),
-            offsets,
+            token_ids=np.concatenate([p.token_ids for p in parts]),
+            values=np.concatenate([p.values for p in parts]),
+            offsets=offsets,
         )
 
 

@@ -30,6 +30,8 @@ def _config_dict(hidden: int, n_layers: int, n_heads: int, decoder_hidden: int) 
         "model": "mae_autobin",
         "model_config": {
             "mae_autobin": {
+                # the official loader reads config["model"] from the flattened model config
+                "model": "mae_autobin",
                 "n_class": 104,
                 "pad_token_id": 103,
                 "mask_token_id": 102,
@@ -55,7 +57,9 @@ def _config_dict(hidden: int, n_layers: int, n_heads: int, decoder_hidden: int) 
 
 
 def _decoder_state(hidden: int, decoder_hidden: int, generator: torch.Generator) -> dict:
-    """Performer-decoder and head keys as named upstream; the service must ignore them."""
+    """Every key of the official depth-1 performer decoder and of the decoder head, named and
+    shaped as upstream (so the official loader's strict load finds all of them); the service
+    ignores them."""
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * 0.02
@@ -66,12 +70,20 @@ def _decoder_state(hidden: int, decoder_hidden: int, generator: torch.Generator)
         f"{prefix}.0.norm.weight": torch.ones(d),
         f"{prefix}.0.norm.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_q.weight": rand(d, d),
+        f"{prefix}.0.fn.to_q.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_k.weight": rand(d, d),
+        f"{prefix}.0.fn.to_k.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_v.weight": rand(d, d),
+        f"{prefix}.0.fn.to_v.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_out.weight": rand(d, d),
+        f"{prefix}.0.fn.to_out.bias": torch.zeros(d),
         f"{prefix}.0.fn.fast_attention.projection_matrix": rand(16, d // 2),
+        f"{prefix}.1.norm.weight": torch.ones(d),
+        f"{prefix}.1.norm.bias": torch.zeros(d),
         f"{prefix}.1.fn.fn.w1.weight": rand(4 * d, d),
+        f"{prefix}.1.fn.fn.w1.bias": torch.zeros(4 * d),
         f"{prefix}.1.fn.fn.w2.weight": rand(d, 4 * d),
+        f"{prefix}.1.fn.fn.w2.bias": torch.zeros(d),
         "decoder.performer.calls_since_last_redraw": torch.tensor(0),
         "decoder.norm.weight": torch.ones(d),
         "decoder.norm.bias": torch.zeros(d),

@@ -20,6 +20,7 @@ from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells,
 from scstrata_service.gene_mapping import GeneColumns, mapped_totals, to_model_genes
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
+MAX_TGTHIGHRES = 1e3
 
 
 class ScFoundationOptions(FamilyOptions):
@@ -39,6 +40,11 @@ class ScFoundationOptions(FamilyOptions):
     def _resolution_token(cls, value: str) -> str:
         if not TGTHIGHRES.match(value):
             raise ValueError(f"{value!r} is not t<k>, f<k> or a<k> (e.g. 't4')")
+        if float(value[1:]) > MAX_TGTHIGHRES:  # beyond it the embeddings are NaN
+            raise ValueError(
+                f"k must be at most {MAX_TGTHIGHRES:g}; send t<k>, f<k> or a<k> with a small k "
+                "(e.g. 't4')"
+            )
         return value
 
     def target_token(self, total: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ class TahoeOptions(FamilyOptions):
         "values (same cell, same subset, whatever the batch or column order); 'top' = the "
         "most expressed genes (ties: lower vocabulary index first)",
     )
-    seed: int = Field(default=0, ge=0, description="seed of the 'random' subsample")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="seed of the 'random' subsample")
 
 
 class TahoeTokenizer:
