@@ -23,14 +23,17 @@ from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import EmbedJob, JobResult, run_jobs
 from scstrata_service.middleware import ScstrataMiddleware
 from scstrata_service.packing import AcceleratorOutOfMemory
-from scstrata_service.registry import Registry, active, set_active, specs_from_env
+from scstrata_service.registry import Registry, active, is_loaded, set_active, specs_from_env
 from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRows
 from scstrata_service.settings import SETTINGS
+from scstrata_service.startup import BackgroundLoad, LoadingGate, arm_main_process
 
 log = logging.getLogger(__name__)
 
 # The next dispatch waits, ready, while the previous one computes (dispatch.py explains why)
 allow_overlapping_dispatches(SETTINGS.dispatches)
+# A worker that cannot load its models stops the server, which then exits 1 (startup.py)
+arm_main_process()
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -45,9 +48,13 @@ models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
 @bentoml.service(name="scstrata", workers=1, threads=SETTINGS.dispatches, traffic={"timeout": 3600})
 class Embedder:
     def __init__(self) -> None:
-        self.registry = Registry.load(specs_from_env(), **SETTINGS.backend_settings())
-        set_active(self.registry)
-        for card in self.registry.cards():
+        # In a thread: the worker listens (and /livez answers) while the models load
+        self.loading = BackgroundLoad(self._load)
+
+    def _load(self) -> Registry:
+        registry = Registry.load(specs_from_env(), **SETTINGS.backend_settings())
+        set_active(registry)
+        for card in registry.cards():
             log.info(
                 "serving %s (%s, %d layers%s)",
                 card.name,
@@ -55,6 +62,14 @@ class Embedder:
                 card.n_layers,
                 ", RANDOM DEMO WEIGHTS" if card.demo_weights else "",
             )
+        return registry
+
+    def __is_ready__(self) -> bool:
+        return self.loading.ready
+
+    @property
+    def registry(self) -> Registry:
+        return active()
 
     @bentoml.api(
         batchable=True,
@@ -123,3 +138,4 @@ def encode_npz(result: JobResult) -> str:
 Embedder.add_asgi_middleware(
     ScstrataMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes
 )
+Embedder.add_asgi_middleware(LoadingGate, is_loaded=is_loaded)
