@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    embed.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
     for name, text in SERVICE_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -102,8 +103,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from ._client import Client
 
     if not args.url:
@@ -113,7 +112,7 @@ def _embed(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"scstrata embed: {path}: no such file", file=sys.stderr)
         return 2
-    adata = ad.read_h5ad(path)
+    adata = _read_h5ad(path)
     X = adata.X
     if args.counts_layer is not None:
         if args.counts_layer not in adata.layers:
@@ -164,6 +163,20 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_h5ad(path: Path) -> Any:
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except OSError as err:  # h5py: not an HDF5 file at all (a CSV, a .loom, a truncated file)
+        convert = (
+            f"python -c \"import anndata.io; anndata.io.read_csv('{path}').write_h5ad('"
+            f"{path.with_suffix('.h5ad')}')\" (cells as rows, genes as columns)"
+        )
+        hint = f"; convert it first: {convert}" if path.suffix.lower() in (".csv", ".tsv") else ""
+        raise ValueError(f"{path}: not an h5ad file ({err}){hint}") from err
+
+
 def _ranges(values: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``0-2,5``."""
     runs: list[list[int]] = []
@@ -199,12 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except ScstrataError as err:
+    except (ScstrataError, ValueError, TypeError) as err:
+        if args.debug:
+            raise
         print(f"scstrata embed: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError) as err:
-        print(f"scstrata embed: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, ScstrataError) else 2
 
 
 if __name__ == "__main__":
