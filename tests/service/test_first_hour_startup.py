@@ -119,7 +119,7 @@ SLOW_LOAD = textwrap.dedent(
 def test_livez_answers_while_the_models_load(tmp_path, tiny_checkpoint, vocabulary):
     (tmp_path / "sitecustomize.py").write_text(SLOW_LOAD)
     path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
-    env = _env(PYTHONPATH=path, SCSTRATA_TEST_LOAD_DELAY="20")
+    env = _env(PYTHONPATH=path, SCSTRATA_TEST_LOAD_DELAY="30")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "scstrata_service.cli", "serve", "--host", "127.0.0.1"]

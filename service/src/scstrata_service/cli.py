@@ -11,6 +11,7 @@ from pathlib import Path
 
 from scstrata_service.registry import MODELS_ENV, ModelSpec, load_config, specs_to_env
 from scstrata_service.startup import DEBUG_ENV
+from scstrata_service.workers import WORKERS_ENV, parse_workers
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("attention", "SCSTRATA_ATTENTION"),
         ("compile", "SCSTRATA_COMPILE"),
         ("token_file", "SCSTRATA_TOKEN_FILE"),
+        ("workers", "SCSTRATA_WORKERS"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -74,6 +76,14 @@ def _check_port(host: str, port: int) -> None:
                     f"stop that process or pick another port, e.g. --port {port + 1}"
                 ) from None
             raise ValueError(f"--host {host} --port {port}: cannot listen there ({err})") from None
+
+
+def _workers(text: str) -> str:
+    try:
+        parse_workers(text, gpus=0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace(WORKERS_ENV, "--workers")) from None
+    return text
 
 
 def _fabricate(args: argparse.Namespace) -> int:
@@ -131,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         "--debug",
         action="store_true",
         help="show tracebacks: of a model that fails to load, and BentoML's own start-up errors",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes: a number, or auto (default): one per GPU, each pinned to its "
+        "GPU (1 without GPUs); on a CPU host N workers share the cores",
     )
     serve.set_defaults(run=_serve)
 

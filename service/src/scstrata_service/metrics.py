@@ -8,9 +8,18 @@ from collections.abc import Iterator
 import bentoml
 
 from scstrata_service import packing
+from scstrata_service.workers import worker_index
 
+# Counters are summed over BentoML's workers unless a label tells them apart: cells carry the
+# worker, so /metrics shows each worker's (and so each GPU's) throughput.
 CELLS = bentoml.metrics.Counter(
-    name="scstrata_cells_embedded", documentation="cells embedded", labelnames=["model"]
+    name="scstrata_cells_embedded", documentation="cells embedded", labelnames=["model", "worker"]
+)
+WORKER = bentoml.metrics.Gauge(
+    name="scstrata_worker",
+    documentation="1 for each live service worker, labelled with its index and device",
+    labelnames=["worker", "device"],
+    multiprocess_mode="liveall",  # a worker that exits leaves the list
 )
 PASSES = bentoml.metrics.Counter(
     name="scstrata_forward_passes", documentation="encoder forward passes", labelnames=["model"]
@@ -58,6 +67,10 @@ def observe_passes(model: str) -> Iterator[None]:
         packing.pass_observer.reset(token)
 
 
+def record_worker(worker: int, device: str) -> None:
+    WORKER.labels(worker=str(worker), device=device).set(1)
+
+
 def record_request(model: str, n_cells: int, seconds: float) -> None:
-    CELLS.labels(model=model).inc(n_cells)
+    CELLS.labels(model=model, worker=str(worker_index())).inc(n_cells)
     LATENCY.labels(model=model).observe(seconds)

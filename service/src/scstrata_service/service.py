@@ -21,12 +21,14 @@ from starlette.routing import Route
 
 from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import EmbedJob, JobResult, run_jobs
+from scstrata_service.metrics import record_worker
 from scstrata_service.middleware import ScstrataMiddleware
 from scstrata_service.packing import AcceleratorOutOfMemory
 from scstrata_service.registry import Registry, active, is_loaded, set_active, specs_from_env
 from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRows
 from scstrata_service.settings import SETTINGS
 from scstrata_service.startup import BackgroundLoad, LoadingGate, arm_main_process
+from scstrata_service.workers import bentoml_resources, current_placement, place_this_worker
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +42,53 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse([card.model_dump() for card in active().cards()])
 
 
-models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+async def worker(request: Request) -> JSONResponse:
+    """Which worker answered and where it runs (one connection goes to one worker)."""
+    placement = current_placement()
+    return JSONResponse(placement.as_dict() if placement else {})
+
+
+models_app = Starlette(
+    routes=[
+        Route("/models", list_models, methods=["GET"]),
+        Route("/worker", worker, methods=["GET"]),
+    ]
+)
 
 
 @bentoml.asgi_app(models_app, path="/")
 # threads: the sync embed() of each dispatch in flight gets its own thread
-@bentoml.service(name="scstrata", workers=1, threads=SETTINGS.dispatches, traffic={"timeout": 3600})
+# workers: one process per GPU by default (workers.py pins each to its device)
+@bentoml.service(
+    name="scstrata",
+    workers=SETTINGS.workers,
+    resources=bentoml_resources(SETTINGS.gpus),
+    threads=SETTINGS.dispatches,
+    traffic={"timeout": 3600},
+)
 class Embedder:
     def __init__(self) -> None:
         # In a thread: the worker listens (and /livez answers) while the models load
         self.loading = BackgroundLoad(self._load)
 
     def _load(self) -> Registry:
-        registry = Registry.load(specs_from_env(), **SETTINGS.backend_settings())
+        # here, not in __init__: torch's current CUDA device is per thread
+        placement = place_this_worker(SETTINGS.device, SETTINGS.workers)
+        record_worker(placement.worker, placement.device)
+        registry = Registry.load(
+            specs_from_env(), **SETTINGS.backend_settings(device=placement.device)
+        )
         set_active(registry)
         for card in registry.cards():
             log.info(
-                "serving %s (%s, %d layers%s)",
+                "worker %d/%d serving %s (%s, %d layers%s) on %s",
+                placement.worker,
+                placement.workers,
                 card.name,
                 card.family,
                 card.n_layers,
                 ", RANDOM DEMO WEIGHTS" if card.demo_weights else "",
+                placement.device,
             )
         return registry
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from scstrata_service.workers import WORKERS_ENV, parse_workers, visible_gpus
+
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
@@ -56,9 +58,14 @@ class Settings:
     compile_blocks: bool | None  # SCSTRATA_COMPILE=1|0: blocks under torch.compile (by device)
     tokenize_threads: int  # SCSTRATA_TOKENIZE_THREADS: requests tokenized at once, off the loop
     token: str | None  # SCSTRATA_TOKEN or the file SCSTRATA_TOKEN_FILE: bearer auth when set
+    gpus: int  # NVIDIA GPUs the server uses: those visible (CUDA_VISIBLE_DEVICES), 0 on cpu
+    workers: int  # SCSTRATA_WORKERS: worker processes, or auto (default): one per GPU, else 1
 
     @classmethod
     def from_env(cls) -> Settings:
+        device = os.environ.get("SCSTRATA_DEVICE") or None
+        # GPUs the server uses: none when it is told to run on the CPU
+        gpus = 0 if device is not None and device.startswith("cpu") else visible_gpus()
         return cls(
             max_cells_per_request=_int("SCSTRATA_MAX_CELLS", 20_000),
             max_genes_per_request=_int("SCSTRATA_MAX_GENES", 100_000),
@@ -68,16 +75,20 @@ class Settings:
             dispatches=_int("SCSTRATA_DISPATCHES", 2),
             max_latency_ms=_int("SCSTRATA_MAX_LATENCY_MS", 600_000),
             max_tokens=_int("SCSTRATA_MAX_TOKENS", 0) or None,
-            device=os.environ.get("SCSTRATA_DEVICE") or None,
+            device=device,
             attention=os.environ.get("SCSTRATA_ATTENTION") or None,
             compile_blocks=_flag("SCSTRATA_COMPILE"),
             tokenize_threads=_tokenize_threads(),
             token=_token(),
+            gpus=gpus,
+            workers=parse_workers(os.environ.get(WORKERS_ENV), gpus),
         )
 
-    def backend_settings(self) -> dict:
+    def backend_settings(self, device: str | None = None) -> dict:
+        """Keywords for the backends' loaders; ``device`` (this worker's) overrides
+        SCSTRATA_DEVICE."""
         return {
-            "device": self.device,
+            "device": device or self.device,
             "max_tokens": self.max_tokens,
             "attention": self.attention,
             "compile_blocks": self.compile_blocks,
