@@ -32,8 +32,9 @@ LOADING_MESSAGE = "the models are still loading; retry once GET /readyz answers 
 def arm_main_process() -> None:
     """In the server's main process (``bentoml serve`` imports the service before it starts
     any worker): choose the file a failing worker writes to, and exit non-zero after the
-    server stops if one was written. Workers inherit the variable and do nothing here."""
-    if os.environ.get(FAILURE_ENV):
+    server stops if one was written. Workers inherit the variable and do nothing here; any
+    other process chooses its own (a value inherited from a parent belongs to the parent)."""
+    if in_bentoml_worker():
         return
     folder = tempfile.mkdtemp(prefix="scstrata-start-")
     path = Path(folder) / "failure.txt"
@@ -55,21 +56,16 @@ class BackgroundLoad:
     """Run ``load`` in a daemon thread; ``ready`` once it returned, the server stopped if it
     raised."""
 
-    def __init__(self, load: Callable[[], object], stop: Callable[[str], None] | None = None):
+    def __init__(self, load: Callable[[], object]):
         self.result: object | None = None
         self.error: str | None = None
         self._done = threading.Event()
-        self._stop = stop or stop_server
         self._thread = threading.Thread(target=self._run, args=(load,), daemon=True)
         self._thread.start()
 
     @property
     def ready(self) -> bool:
         return self._done.is_set() and self.error is None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._done.wait(timeout)
-        return self.ready
 
     def _run(self, load: Callable[[], object]) -> None:
         try:
@@ -79,7 +75,7 @@ class BackgroundLoad:
             # one line; the traceback with `scstrata serve --debug`
             log.error("scstrata: %s", self.error, exc_info=bool(os.environ.get(DEBUG_ENV)))
             self._done.set()
-            self._stop(self.error)
+            stop_server(self.error)
             return
         self._done.set()
 
@@ -87,13 +83,17 @@ class BackgroundLoad:
 BENTOML_WORKER = "_bentoml_impl.worker.service"
 
 
+def in_bentoml_worker() -> bool:
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == BENTOML_WORKER
+
+
 def stop_server(message: str) -> None:
     """Record ``message`` for the main process and stop it (and so every worker).
 
     Only in a BentoML worker process, whose parent is the server's main process; in-process
     (a test's ASGI client) the error stays on ``/readyz`` (503) and in the log."""
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) != BENTOML_WORKER:
+    if not in_bentoml_worker():
         return
     path = os.environ.get(FAILURE_ENV)
     if path:
