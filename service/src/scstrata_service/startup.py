@@ -2,7 +2,8 @@
 
 BentoML builds the service instance before its worker accepts a connection, and restarts a
 worker whose start-up raised, forever (every 15-20 s, nothing listening). So the worker
-starts listening at once (``/livez`` answers, ``/readyz`` says 503 until the models are in)
+starts listening at once (``/livez`` answers; ``/readyz``, ``/embed`` and ``/models`` say
+503 until the models are in)
 and loads in a thread; if loading fails it logs the error once, writes it where the server's
 main process will find it, and stops that process, which then exits with status 1.
 """
@@ -10,7 +11,6 @@ main process will find it, and stops that process, which then exits with status 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -100,26 +100,3 @@ def stop_server(message: str) -> None:
         Path(path).write_text(message)
     os.kill(os.getppid(), signal.SIGTERM)
 
-
-class LoadingGate:
-    """ASGI middleware: while the models load, the model routes answer 503 with a reason and
-    ``Retry-After`` (BentoML would hide the reason of a 5xx); health, metrics and docs pass."""
-
-    GATED = frozenset({"/embed", "/models", "/info"})
-    RETRY_AFTER_S = 5
-
-    def __init__(self, app: Callable, is_loaded: Callable[[], bool]):
-        self.app, self.is_loaded = app, is_loaded
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.GATED or self.is_loaded():
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps({"error": LOADING_MESSAGE}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(self.RETRY_AFTER_S).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
