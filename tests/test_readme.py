@@ -5,9 +5,9 @@ literally, in order, in a scratch folder that looks like a clone after `make ins
 (`.venv` is this interpreter's environment, `service/` the repository's). Two things are
 not literal: the host of a URL (`gpu-host:3000`, `localhost:3000`) becomes the test server's,
 the user's own input file of `scstrata embed` (`cells.h5ad`) is made first, and a scoring
-sweep gets fewer bootstrap draws and label shuffles (``FEWER_DRAWS``) to bound its time. Commands that
-need a real checkpoint under `/models` run too and must fail only on that missing path, which
-proves every flag they use parses. A command no check knows fails the test: add one.
+sweep gets fewer bootstrap draws and label shuffles (``FEWER_DRAWS``) to bound its time.
+Commands that need a real checkpoint under `/models` run too and must fail only on that
+missing path, which proves every flag they use parses. A command no check knows fails the test: add one.
 """
 
 from __future__ import annotations
