@@ -7,7 +7,8 @@ not literal: the host of a URL (`gpu-host:3000`, `localhost:3000`) becomes the t
 the user's own input file of `scstrata embed` (`cells.h5ad`) is made first, and a scoring
 sweep gets fewer bootstrap draws and label shuffles (``FEWER_DRAWS``) to bound its time.
 Commands that need a real checkpoint under `/models` run too and must fail only on that
-missing path, which proves every flag they use parses. A command no check knows fails the test: add one.
+missing path, which proves every flag they use parses. A command no check knows fails the
+test: add one.
 """
 
 from __future__ import annotations

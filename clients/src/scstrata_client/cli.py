@@ -197,6 +197,8 @@ def _read_h5ad(path: Path) -> Any:
         )
         hint = f"; convert it first: {convert}" if path.suffix.lower() in (".csv", ".tsv") else ""
         raise ValueError(f"{path}: not an h5ad file ({err}){hint}") from err
+
+
 def _embed_on_dask(args: argparse.Namespace) -> int:
     if not args.scheduler:
         print("scstrata embed: --in-process needs --scheduler", file=sys.stderr)

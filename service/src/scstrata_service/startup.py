@@ -99,4 +99,3 @@ def stop_server(message: str) -> None:
     if path:
         Path(path).write_text(message)
     os.kill(os.getppid(), signal.SIGTERM)
-
