@@ -8,10 +8,12 @@ over to it untouched when it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +265,18 @@ def _delegate(argv: Sequence[str]) -> int:
     return int(service_main(list(argv)) or 0)
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """A warning (e.g. genes the model does not know) is one line on stderr, not a source
+    dump; restored afterwards (tests call main() in their own process)."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"scstrata embed: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVICE_COMMANDS:
@@ -270,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="scstrata: %(message)s")
     try:
-        return _embed(args)
+        with _one_line_warnings():
+            return _embed(args)
     except KeyboardInterrupt:
         print(
             "scstrata embed: interrupted; chunks already embedded are cached, "

@@ -18,11 +18,13 @@ import logging
 import bentoml
 import numpy as np
 import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
+from bentoml._internal.context import server_context  # where BentoML keeps service_version
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from scstrata_service import openapi
 from scstrata_service.admission import (
     BACKLOG,
     Admission,
@@ -32,8 +34,10 @@ from scstrata_service.admission import (
     admitted,
     busy,
 )
+from scstrata_service.coverage import Coverage
 from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import JobFailure, JobResult, run_jobs
+from scstrata_service.info import SERVICE_VERSION, server_info
 from scstrata_service.metrics import record_worker
 from scstrata_service.middleware import NPZ_MEDIA_TYPE, ScstrataMiddleware
 from scstrata_service.registry import Registry, active, is_loaded, set_active, specs_from_env
@@ -63,10 +67,32 @@ async def worker(request: Request) -> JSONResponse:
     return JSONResponse(placement.as_dict() if placement else {})
 
 
+async def info(request: Request) -> JSONResponse:
+    placement = current_placement()
+    registry = active() if is_loaded() else None
+    return JSONResponse(server_info(registry, placement.as_dict() if placement else None, BACKLOG))
+
+
+async def api_document(request: Request) -> JSONResponse:
+    item = None
+    if is_loaded():
+        backend = next(iter(active().backends.values()))
+        item = openapi.example_item(backend.card, backend.known_genes())
+    return JSONResponse(openapi.document(item))
+
+
+async def api_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(openapi.PAGE)
+
+
+# Mounted before BentoML's own routes: "/" and "/docs.json" replace its page and document
 models_app = Starlette(
     routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/worker", worker, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/docs.json", api_document, methods=["GET"]),
+        Route("/", api_page, methods=["GET"]),
     ]
 )
 
@@ -83,6 +109,9 @@ models_app = Starlette(
 )
 class Embedder:
     def __init__(self) -> None:
+        # BentoML labels its series with the Bento's version; served from source it has none
+        if server_context.bento_version == "not available":
+            server_context.bento_version = SERVICE_VERSION
         # In a thread: the worker listens (and /livez answers) while the models load
         self.loading = BackgroundLoad(self._load)
 
@@ -171,14 +200,18 @@ def reply_for(item: Admitted, result: JobResult | JobFailure) -> Reply:
         n_unmapped_genes=len(result.unmapped_genes),
         unmapped_genes=result.unmapped_genes[:MAX_LISTED],
     )
+    reached = item.reached
+    if reached is not None:
+        common["mapped_gene_fraction"] = reached.gene_fraction
     if spec.format == "npz":
-        raw = encode_npz(result)
+        raw = encode_npz(result, reached)
         if item.raw_npz:
             return Reply(200, NPZ_MEDIA_TYPE, raw)
         wrapped = EmbedResult(**common, npz=pybase64.b64encode(raw).decode("ascii"))
         return Reply(200, "application/json", wrapped.model_dump_json().encode())
     reply = EmbedResult(
         **common,
+        mapped_count_fraction=reached.cell_count_fractions.tolist() if reached else None,
         layers=as_json_rows(main),
         extra_outputs=[
             LayerRows(pooling=pooling, dim=card.poolings[pooling], layers=as_json_rows(rows))
@@ -192,7 +225,7 @@ def as_json_rows(layers: dict[int, np.ndarray]) -> dict[str, list[list[float]]]:
     return {str(k): rows.tolist() for k, rows in layers.items()}
 
 
-def encode_npz(result: JobResult) -> bytes:
+def encode_npz(result: JobResult, reached: Coverage | None = None) -> bytes:
     """All outputs as one .npz (members named in docs/api.md)."""
     arrays: dict[str, np.ndarray] = {}
     main, *extra = result.outputs
@@ -201,6 +234,9 @@ def encode_npz(result: JobResult) -> bytes:
         arrays.update({f"extra{i}_layer_{k}": rows for k, rows in layers.items()})
     arrays["unmapped_genes"] = np.array(result.unmapped_genes[:MAX_LISTED], dtype=str)
     arrays["n_unmapped_genes"] = np.array(len(result.unmapped_genes), dtype=np.int64)
+    if reached is not None:
+        arrays["mapped_count_fraction"] = reached.cell_count_fractions
+        arrays["mapped_gene_fraction"] = np.array(reached.gene_fraction, dtype=np.float64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
