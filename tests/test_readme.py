@@ -27,7 +27,7 @@ from helpers import make_cells
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ["README.md", "clients/README.md", "scoring/README.md"]
 URL = re.compile(r"http://(gpu-host|localhost|host):3000")
-COMMAND_TIMEOUT_S = 300
+COMMAND_TIMEOUT_S = 900  # a sweep took 64-300 s on a 2-core machine shared by 8 sessions
 FEWER_DRAWS = {"trajectory": " --n-boot 20", "perturbation": " --n-boot 20 --n-permutations 20"}
 
 
