@@ -4,14 +4,21 @@ Every score of a sweep is computed on the full data and on ``n_boot`` resamples 
 resamples are drawn once per task and context and shared by every layer, model and baseline,
 so two layers' bootstrap draws are *paired*: the gain of one over the other is computed on
 the same resampled cells (or perturbations) in every draw.
+
+Resamples of many cells are :class:`BootstrapDraws`: generated a batch at a time from their
+seed, so memory stays bounded whatever the cells x draws.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 __all__ = [
+    "BootstrapDraws",
     "bootstrap_indices",
     "paired_difference",
     "percentile_interval",
@@ -33,6 +40,52 @@ def bootstrap_indices(n: int, n_boot: int, seed: int | np.random.Generator | Non
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return rng.integers(0, n, size=(n_boot, n))
+
+
+#: Indices (draws x items) per batch of :class:`BootstrapDraws`: 8 MB of int64, whatever n.
+BATCH_INDICES = 1 << 20
+
+
+@dataclass(frozen=True)
+class BootstrapDraws:
+    """``n_boot`` seeded resamples of ``range(n)`` with replacement, made a batch at a time.
+
+    Draw ``i`` comes from its own generator, spawned from ``seed``
+    (``numpy.random.SeedSequence(seed).spawn(n_boot)[i]``), so the draws do not depend on the
+    batch size and every pass over them yields the same draws. A batch holds at most
+    ``max(1, batch_indices // n)`` draws.
+    """
+
+    n: int
+    n_boot: int
+    seed: int | Sequence[int]
+    batch_indices: int = BATCH_INDICES
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"need at least one item to resample, got n={self.n}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+
+    def batches(self) -> Iterator[np.ndarray]:
+        """``(draws, n)`` int arrays, in draw order; one empty batch when ``n_boot`` is 0."""
+        seeds = np.random.SeedSequence(self.seed).spawn(self.n_boot)
+        rows = max(1, self.batch_indices // self.n)
+        if not seeds:
+            yield np.zeros((0, self.n), dtype=np.int64)
+        for start in range(0, self.n_boot, rows):
+            chunk = seeds[start : start + rows]
+            yield np.stack([np.random.default_rng(s).integers(0, self.n, self.n) for s in chunk])
+
+    def map(
+        self, statistic: Callable[[np.ndarray], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """``statistic(batch)`` over every batch, each key's values joined in draw order.
+
+        ``statistic`` maps ``(draws, n)`` indices to ``{name: one value per draw}``.
+        """
+        parts = [statistic(idx) for idx in self.batches()]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def percentile_interval(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
