@@ -18,7 +18,7 @@ service's edge can read the types without loading a model stack.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -168,6 +168,7 @@ class Tokenizer(Protocol):
     """A family's preprocessing: genes by name, counts in, packed tokens out."""
 
     options: type[FamilyOptions]
+    map_genes: Callable[[Sequence[str]], tuple[np.ndarray, tuple[str, ...]]]  # gene_mapping.py
 
     def known_genes(self) -> list[str]:
         """The gene names the vocabulary maps (symbols or Ensembl ids, per the card)."""
@@ -236,6 +237,11 @@ class ModelBackend(abc.ABC):
     @abc.abstractmethod
     def known_genes(self) -> list[str]:
         """The gene names the model's vocabulary maps (symbols or Ensembl ids, per card)."""
+
+    def gene_columns(self, genes: Sequence[str]) -> np.ndarray:
+        """The model's gene index per name, -1 where it has none (coverage.py)."""
+        index = {gene: i for i, gene in enumerate(self.known_genes())}
+        return np.array([index.get(gene, -1) for gene in genes], dtype=np.int64)
 
     @abc.abstractmethod
     def check_input(

@@ -17,6 +17,7 @@ FAMILIES: dict[str, str] = {
     "scfoundation": "scstrata_service.families.scfoundation",
     "tahoe": "scstrata_service.families.tahoe",
     "geneformer": "scstrata_service.families.geneformer",
+    "scgpt": "scstrata_service.families.scgpt",
 }
 
 
@@ -44,6 +45,12 @@ def fabricate(
 ) -> Path:
     """A small checkpoint of the family in its published layout with RANDOM DEMO WEIGHTS
     (for the demo, benchmarks and trying the service); returns the folder to serve."""
-    return family(family_name).fabricate(
+    folder = family(family_name).fabricate(
         Path(folder), hidden=hidden, n_layers=n_layers, n_heads=n_heads, seed=seed
     )
+    # safetensors writes 0600: the container's user (another uid, over a read-only mount)
+    # could not read the demo weights
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(file.stat().st_mode | 0o444)
+    return folder

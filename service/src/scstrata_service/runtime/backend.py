@@ -67,6 +67,9 @@ class PackedBackend(ModelBackend):
     ) -> TokenizedCells:
         return self.tokenizer.tokenize(counts, genes, options)
 
+    def gene_columns(self, genes: Sequence[str]) -> np.ndarray:
+        return self.tokenizer.map_genes(genes)[0]  # the tokenizer's own (remembered) lookup
+
     def parse_options(self, options: Mapping[str, object]) -> FamilyOptions:
         return self.tokenizer.options.parse(options)
 
