@@ -6,9 +6,14 @@ every test that needs it shares one module-scoped search.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import sparse, stats
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from scstrata_scoring.baselines import expression_matrix, log_normalise
 from scstrata_scoring.neighbours import (
@@ -21,6 +26,7 @@ from scstrata_scoring.neighbours import (
 from scstrata_scoring.resample import BootstrapDraws, bootstrap_indices
 from scstrata_scoring.simulate import simulate_trajectory
 from scstrata_scoring.sweep import LayerSet, score_trajectory
+from scstrata_scoring.threads import THREADS_ENV, apply_threads, thread_count
 from scstrata_scoring.trajectory import _dpt
 
 # Stated recall of the approximate search against exact neighbours (k = 30) on 3,000 cells of
@@ -172,3 +178,34 @@ def test_bootstrap_map_joins_statistics_in_draw_order():
     assert joined["mean"].shape == (9,)
     # the perturbation task's small resamples keep their one-array form
     assert bootstrap_indices(7, 3, seed=0).shape == (3, 7)
+
+
+def test_thread_count_reads_the_variable_else_the_cpus_we_may_use():
+    assert thread_count({THREADS_ENV: "3"}) == 3
+    assert thread_count({}) == len(os.sched_getaffinity(0))
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match=THREADS_ENV):
+            thread_count({THREADS_ENV: bad})
+
+
+def test_apply_threads_limits_blas_and_numba():
+    import numba
+
+    before_numba = numba.get_num_threads()
+    before_blas = threadpool_info()
+    try:
+        assert apply_threads(1) == 1
+        assert numba.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        numba.set_num_threads(before_numba)
+        threadpool_limits({pool["prefix"]: pool["num_threads"] for pool in before_blas})
+
+
+def test_scoring_and_its_thread_setting_do_not_import_torch_or_the_service():
+    code = (
+        "import sys, scstrata_scoring.sweep, scstrata_scoring.threads as t; t.apply_threads(1); "
+        "print(sorted(m for m in ('torch', 'scstrata_service') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
