@@ -1,8 +1,10 @@
 """Time and peak memory of each step of trajectory scoring at 10k, 30k and 100k cells.
 
 One process runs every size (pynndescent is compiled once, in an untimed warm-up). Per step it
-prints the wall time and the peak RSS above the step's start (sampled every 5 ms), and at the
-end the log-log slope of time against cells between sizes (1 = linear, 2 = quadratic).
+prints the wall time, the CPU time of the process (what to compare on a shared host, where wall
+time depends on the neighbours' load) and the peak RSS above the step's start (sampled every
+5 ms), and at the end the log-log slope of CPU time against cells between sizes (1 = linear,
+2 = quadratic). Threads: ``SCSTRATA_THREADS`` as in scoring (``threads.apply_threads``).
 
 Steps, as a sweep runs them per representation (``trajectory_evidence`` + bootstrap):
 ``reference_pca`` (log-normalise, HVGs, PCA: once per data set), ``knn_<rep>`` (one neighbour
@@ -32,6 +34,7 @@ from scstrata_scoring.cli import read_genes
 from scstrata_scoring.neighbours import label_distances, nearest_neighbours, overlap_of_neighbours
 from scstrata_scoring.resample import BootstrapDraws
 from scstrata_scoring.simulate import simulate_trajectory
+from scstrata_scoring.threads import apply_threads
 from scstrata_scoring.trajectory import (
     TrajectoryEvidence,
     TrajectoryReference,
@@ -75,11 +78,15 @@ class PeakRss:
 def measure(rows: list, size: int, step: str, fn: Callable[[], object]):
     gc.collect()
     with PeakRss() as mem:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
-        seconds = time.perf_counter() - start
-    rows.append((size, step, seconds, (mem.peak - mem.start) / 2**20))
-    print(f"{size:>8} {step:<22} {seconds:9.2f} s  peak +{rows[-1][3]:8.1f} MiB", flush=True)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    rows.append((size, step, cpu, (mem.peak - mem.start) / 2**20))
+    print(
+        f"{size:>8} {step:<22} wall {seconds:8.2f} s  cpu {cpu:8.2f} s  "
+        f"peak +{rows[-1][3]:8.1f} MiB",
+        flush=True,
+    )
     return out
 
 
@@ -95,6 +102,8 @@ def run_size(n: int, args: argparse.Namespace, genes: list[str], rows: list) -> 
     layer = (pca @ lift + rng.normal(0, 0.5, (n, args.dims))).astype(np.float32)
     reps = {"pca": pca, f"layer{args.dims}": layer, "expression": expression_matrix(lognorm)}
     graphs = {}
+    if n > args.expression_max:
+        del reps["expression"]
     for name, rep in reps.items():
         graphs[name] = measure(rows, n, f"knn_{name}", lambda rep=rep: nearest_neighbours(rep, 30))
         measure(rows, n, f"dpt_{name}", lambda rep=rep, g=graphs[name]: _dpt(rep, root, 30, g))
@@ -122,8 +131,12 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--exact", action="store_true", help="also time exact search")
     parser.add_argument("--exact-max", type=int, default=30000, help="largest size for --exact")
+    parser.add_argument(
+        "--expression-max", type=int, default=30000, help="largest size for the expression steps"
+    )
     args = parser.parse_args()
     genes = read_genes(GENES)
+    print(f"threads: {apply_threads()}", flush=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     warm = np.random.default_rng(0).normal(size=(200, 20)).astype(np.float32)
     # numba compiles pynndescent and UMAP's connectivities on first use: untimed warm-up
@@ -131,7 +144,7 @@ def main() -> None:
     rows: list = []
     for n in sizes:
         run_size(n, args, genes, rows)
-    print("\nslope of log time against log cells (1 = linear, 2 = quadratic):")
+    print("\nslope of log CPU time against log cells (1 = linear, 2 = quadratic):")
     steps = list(dict.fromkeys(step for _, step, _, _ in rows))
     times = {(size, step): sec for size, step, sec, _ in rows}
     for step in steps:

@@ -25,6 +25,7 @@ from scstrata_scoring.neighbours import (
 )
 from scstrata_scoring.resample import BootstrapDraws, bootstrap_indices
 from scstrata_scoring.simulate import simulate_trajectory
+from scstrata_scoring.subsample import sample_cells, take_rows
 from scstrata_scoring.sweep import LayerSet, score_trajectory
 from scstrata_scoring.threads import THREADS_ENV, apply_threads, thread_count
 from scstrata_scoring.trajectory import _dpt
@@ -209,3 +210,30 @@ def test_scoring_and_its_thread_setting_do_not_import_torch_or_the_service():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cell_sample_is_seeded_sorted_and_all_cells_when_it_fits():
+    a = sample_cells(1000, 100, seed=3)
+    assert a.n_cells == 100 and a.seed == 3 and a.n_total == 1000
+    assert (np.diff(a.cells) > 0).all() and a.cells.max() < 1000
+    np.testing.assert_array_equal(a.cells, sample_cells(1000, 100, seed=3).cells)
+    assert not np.array_equal(a.cells, sample_cells(1000, 100, seed=4).cells)
+    for size in (None, 1000, 5000):
+        whole = sample_cells(1000, size, seed=3)
+        assert whole.cells is None and whole.n_cells == 1000 and whole.seed is None
+    with pytest.raises(ValueError, match="at least 3"):
+        sample_cells(1000, 2)
+
+
+def test_take_rows_reads_only_the_sampled_rows_of_each_kind(tmp_path):
+    import zarr
+
+    sample = sample_cells(50, 10, seed=0)
+    dense = np.arange(200.0).reshape(50, 4)
+    expected = dense[sample.cells]
+    np.testing.assert_array_equal(take_rows(dense, sample), expected)
+    np.testing.assert_array_equal(take_rows(sparse.csr_matrix(dense), sample).toarray(), expected)
+    stored = zarr.open_array(tmp_path / "layer.zarr", mode="w", shape=dense.shape, dtype="f8")
+    stored[:] = dense
+    np.testing.assert_array_equal(take_rows(stored, sample), expected)
+    assert take_rows(dense, sample_cells(50, None)) is dense
