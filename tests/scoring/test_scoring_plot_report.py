@@ -5,7 +5,7 @@ import pytest
 from scstrata_scoring.plot import plot_scores
 from scstrata_scoring.report import summary_line, write_report
 from scstrata_scoring.summary import summarise
-from scstrata_scoring.sweep import SCORE_COLUMNS
+from scstrata_scoring.sweep import ROW_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +28,7 @@ def _rows(task, metric, contexts=("all",)):
 def scores():
     rows = _rows("trajectory", "dpt_spearman")
     rows += [(*r[:5], "time_spearman", r[6] - 0.1, *r[7:]) for r in rows if r[5] == "dpt_spearman"]
-    df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    df = pd.DataFrame(rows, columns=ROW_COLUMNS)
     df["layer"] = df["layer"].astype("Int64")
     return df
 
@@ -36,7 +36,7 @@ def scores():
 @pytest.fixture
 def perturbation_scores():
     df = pd.DataFrame(
-        _rows("perturbation", "rsa_spearman", ("Rest", "Stim8hr")), columns=SCORE_COLUMNS
+        _rows("perturbation", "rsa_spearman", ("Rest", "Stim8hr")), columns=ROW_COLUMNS
     )
     df["layer"] = df["layer"].astype("Int64")
     return df

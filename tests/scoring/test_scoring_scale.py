@@ -25,7 +25,7 @@ from scstrata_scoring.neighbours import (
 )
 from scstrata_scoring.resample import BootstrapDraws, bootstrap_indices
 from scstrata_scoring.simulate import simulate_trajectory
-from scstrata_scoring.subsample import sample_cells, take_rows
+from scstrata_scoring.subsample import sample_cells, subsample_note, take_rows
 from scstrata_scoring.sweep import LayerSet, score_trajectory
 from scstrata_scoring.threads import THREADS_ENV, apply_threads, thread_count
 from scstrata_scoring.trajectory import _dpt
@@ -237,3 +237,30 @@ def test_take_rows_reads_only_the_sampled_rows_of_each_kind(tmp_path):
     stored[:] = dense
     np.testing.assert_array_equal(take_rows(stored, sample), expected)
     assert take_rows(dense, sample_cells(50, None)) is dense
+
+
+def test_trajectory_sweep_on_a_subsample_equals_scoring_those_cells(genes, pca_baseline, tmp_path):
+    from scstrata_scoring.report import write_report
+
+    adata = simulate_trajectory(genes[:300], n_cells=300, n_expressed=200, seed=6)
+    layer = pca_baseline(adata, n_top_genes=150, n_pcs=10)
+    kwargs = dict(n_boot=20, n_top_genes=150, n_pcs=10, progress=False)
+    sampled = score_trajectory(
+        [LayerSet("toy", 2, {2: layer})],
+        adata,
+        "time",
+        subsample=120,
+        subsample_seed=5,
+        **kwargs,
+    ).scores
+    cells = sample_cells(300, 120, seed=5).cells
+    direct = score_trajectory(
+        [LayerSet("toy", 2, {2: layer[cells]})], adata[cells].copy(), "time", **kwargs
+    ).scores
+    assert (sampled["n_cells"] == 120).all() and (sampled["subsample_seed"] == 5).all()
+    assert (direct["n_cells"] == 120).all() and direct["subsample_seed"].isna().all()
+    np.testing.assert_allclose(sampled["value"], direct["value"])
+    note = subsample_note(sampled)
+    assert "120 cells" in note and "seed 5" in note
+    assert subsample_note(direct) is None
+    assert note in write_report(sampled, tmp_path).read_text()

@@ -8,7 +8,13 @@ from scstrata_scoring.pull import card_field, model_card, pull_layers
 from scstrata_scoring.simulate import simulate_trajectory
 from scstrata_scoring.simulate_perturbation import true_effect_embedding
 from scstrata_scoring.summary import SUMMARY_COLUMNS, best_layer, summarise
-from scstrata_scoring.sweep import SCORE_COLUMNS, LayerSet, score_perturbation, score_trajectory
+from scstrata_scoring.sweep import (
+    ROW_COLUMNS,
+    SCORE_COLUMNS,
+    LayerSet,
+    score_perturbation,
+    score_trajectory,
+)
 
 TRAJECTORY_METRICS = {
     "dpt_spearman",
@@ -56,8 +62,11 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
             "ci_low",
             "ci_high",
             "null_z",
+            "n_cells",
+            "subsample_seed",
         ]
     )
+    assert (df["n_cells"] == 250).all() and df["subsample_seed"].isna().all()
     assert set(df["model"]) == {"toy", "baseline:pca", "baseline:expression"}
     assert set(df["metric"]) == TRAJECTORY_METRICS
     assert (df["task"] == "trajectory").all() and (df["context"] == "all").all()
@@ -185,7 +194,7 @@ def _table(values, model="m", metric="dpt_spearman", context="all"):
             (model, k, k / n_layers, "trajectory", context, metric, v, np.nan, np.nan, np.nan)
             for k, v in enumerate(values)
         ],
-        columns=SCORE_COLUMNS,
+        columns=ROW_COLUMNS,
     )
 
 

@@ -22,6 +22,7 @@ from .report import summary_line, write_report
 from .simulate import simulate_trajectory
 from .simulate_perturbation import simulate_perturbation
 from .sweep import LayerSet, SweepResult, score_perturbation, score_trajectory
+from .threads import apply_threads
 
 __all__ = ["main", "parse_layers", "read_genes"]
 
@@ -98,6 +99,8 @@ def _trajectory(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         n_boot=args.n_boot,
         seed=args.seed,
+        subsample=args.subsample,
+        subsample_seed=args.subsample_seed,
     )
     return _write(args, result, "trajectory", notes)
 
@@ -222,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
     traj = sub.add_parser("trajectory", help="score every layer on a trajectory data set")
     _sweep_arguments(traj)
     traj.add_argument("--time-key", default="time", help="obs column with time points")
+    traj.add_argument(
+        "--subsample",
+        type=int,
+        default=None,
+        help="score a seeded random subsample of this many cells (default: all cells)",
+    )
+    traj.add_argument("--subsample-seed", type=int, default=0, help="seed of --subsample")
     traj.set_defaults(func=_trajectory)
 
     pert = sub.add_parser("perturbation", help="score every layer on a Perturb-seq data set")
@@ -245,6 +255,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scstrata-score``; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.func is not _simulate:
+        try:
+            apply_threads()  # SCSTRATA_THREADS, else the CPUs this process may use
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return int(args.func(args))
 
 

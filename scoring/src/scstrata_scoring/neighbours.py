@@ -51,8 +51,8 @@ TREE_MAX_DIMS = 15
 
 KnnMethod = Literal["auto", "exact", "approximate"]
 
-# Distances held at a time by the exact sparse search (float64): 128 MB.
-_SPARSE_BLOCK = 1 << 24
+# Distances held at a time by the exact sparse search (float64): 32 MB (~130 MB peak).
+_SPARSE_BLOCK = 1 << 22
 # Rows checked for NaN at a time: bounds the temporary mask for a large embedding.
 _CHECK_ROWS = 8192
 

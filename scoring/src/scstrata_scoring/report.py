@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .plot import plot_scores
+from .subsample import subsample_note
 from .summary import MAIN_METRIC, summarise
 
 __all__ = ["summary_line", "write_report"]
@@ -49,6 +50,8 @@ def write_report(
 
     Returns the path of the report.
     """
+    sampled = subsample_note(df)  # scored on a subsample: say how many cells, which seed
+    notes = [*(notes or []), *([sampled] if sampled else [])]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = [str(t) for t in dict.fromkeys(df["task"])] if "task" in df else ["trajectory"]
