@@ -52,7 +52,7 @@ def _boundary_job(dim: int | None) -> EmbedJob:
     dense[n_cells, n_genes] = 1.0
     genes = [f"G{j}" for j in range(n_genes + 1)]
     job = plan_job(dense, genes, chunk_size=n_cells, layers=0, dim=dim)
-    nnz = [job.cells[a:b].nnz for a, b in job.ranges]
+    nnz = [job.rows(i).nnz for i in range(job.n_chunks)]
     assert nnz == [NPZ_AUTO_NNZ_THRESHOLD, NPZ_AUTO_NNZ_THRESHOLD + 1]
     return job
 

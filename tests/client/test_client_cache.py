@@ -21,72 +21,105 @@ def _array(rows=100, dim=10, value=0.0):
     return np.full((rows, dim), value, dtype=np.float32)
 
 
+def _entry(value=0.0, layers=(0, 3)):
+    return {k: _array(value=value + k) for k in layers}
+
+
 def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
-def test_put_then_get_round_trips_and_leaves_no_temporary_file(tmp_path):
+def test_put_then_get_round_trips_every_layer_in_one_file(tmp_path):
     cache = ChunkCache(tmp_path)
-    cache.put("ab" * 32, _array(value=1.5))
-    np.testing.assert_array_equal(cache.get("ab" * 32, 100, 10), _array(value=1.5))
-    assert [p.suffix for p in _files(tmp_path)] == [".npy"]
+    cache.put("ab" * 32, _entry(1.5))
+    got = cache.get("ab" * 32, 100, 10)
+    assert sorted(got) == [0, 3]
+    for k in (0, 3):
+        np.testing.assert_array_equal(got[k], _array(value=1.5 + k))
+    assert [p.suffix for p in _files(tmp_path)] == [".npz"]  # no temporary left behind
     assert cache.get("cd" * 32, 100) is None
 
 
 def test_an_entry_of_the_wrong_shape_or_a_corrupt_file_is_a_miss_and_removed(tmp_path):
     cache = ChunkCache(tmp_path)
-    cache.put("aa" * 32, _array())
+    cache.put("aa" * 32, _entry())
     assert cache.get("aa" * 32, 99) is None
     assert _files(tmp_path) == []
-    cache.put("bb" * 32, _array())
+    cache.put("bb" * 32, _entry())
     (path,) = _files(tmp_path)
-    path.write_bytes(b"\x93NUMPY garbage")
+    path.write_bytes(b"PK garbage")
     assert cache.get("bb" * 32, 100) is None
+    assert _files(tmp_path) == []
+
+
+def _flip_a_byte_of_layer_data(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    # The float32 bytes of the first layer: right after the header of its .npy member.
+    at = raw.index(b"\x93NUMPY") + 200
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("recompute_zip_crc", [False, True], ids=["as-flipped", "crc-fixed"])
+def test_a_flipped_byte_fails_the_checksum_and_is_a_miss(tmp_path, recompute_zip_crc):
+    cache = ChunkCache(tmp_path)
+    cache.put("aa" * 32, _entry())
+    (path,) = _files(tmp_path)
+    if recompute_zip_crc:
+        # A copy that rewrote the archive (valid zip CRCs) but carried the flipped value:
+        # only the entry's own sha256 can tell.
+        with np.load(path) as archive:
+            members = {name: archive[name] for name in archive.files}
+        members["layer_3"] = members["layer_3"].copy()
+        members["layer_3"][5, 5] = np.nextafter(members["layer_3"][5, 5], np.float32(9))
+        np.savez(path, **members)
+    else:
+        _flip_a_byte_of_layer_data(path)
+    assert cache.get("aa" * 32, 100, 10) is None
     assert _files(tmp_path) == []
 
 
 def test_a_failed_write_leaves_neither_a_file_nor_a_temporary(tmp_path, monkeypatch):
     cache = ChunkCache(tmp_path)
 
-    def broken_save(f, array, allow_pickle):
+    def broken_savez(f, **arrays):
         f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "save", broken_save)
-    cache.put("aa" * 32, _array())  # logged, not raised: the embedding itself succeeded
+    monkeypatch.setattr(np, "savez", broken_savez)
+    cache.put("aa" * 32, _entry())  # logged, not raised: the embedding itself succeeded
     assert _files(tmp_path) == []
 
 
 def test_least_recently_used_entries_are_evicted_first(tmp_path):
     probe = ChunkCache(tmp_path / "probe")
-    probe.put("00" * 32, _array())
+    probe.put("00" * 32, _entry())
     one = probe.size()  # bytes of one entry
     cache = ChunkCache(tmp_path / "lru", max_bytes=int(3.5 * one))
     keys = {name: name * 64 for name in "abcd"}
     for i, name in enumerate("abc"):
-        cache.put(keys[name], _array(value=i))
-        path = next((tmp_path / "lru").rglob(f"{keys[name]}.npy"))
+        cache.put(keys[name], _entry(value=i))
+        path = next((tmp_path / "lru").rglob(f"{keys[name]}.npz"))
         os.utime(path, (1_000_000 + i, 1_000_000 + i))  # a is oldest, then b, then c
     assert cache.get(keys["a"], 100) is not None  # a read makes a the most recent
-    cache.put(keys["d"], _array(value=3))
+    cache.put(keys["d"], _entry(value=3))
     assert cache.get(keys["b"], 100) is None
     assert all(cache.get(keys[n], 100) is not None for n in "acd")
     assert cache.size() <= cache.max_bytes
 
 
-def test_keys_change_with_every_component():
-    base = dict(model="m", card_digest="c", options_digest="o", layer=3, pooling="p")
+def test_keys_change_with_every_component_but_not_the_layers():
+    base = dict(model="m", card_digest="c", options_digest="o", pooling="p")
     keys = {result_key("data", **base)}
     keys.add(result_key("other", **base))
     for field, value in [
         ("model", "m2"),
         ("card_digest", "c2"),
         ("options_digest", "o2"),
-        ("layer", 4),
         ("pooling", "p2"),
     ]:
         keys.add(result_key("data", **(base | {field: value})))
-    assert len(keys) == 7
+    assert len(keys) == 6
 
 
 def test_data_digest_depends_on_values_and_genes_not_on_storage_details():
@@ -222,13 +255,41 @@ def test_cache_location_and_switch(tmp_path, monkeypatch, counts, gene_names):
     client, _ = fake.client(cache=True, chunk_size=3)  # the directory from the environment
     with client:
         client.embed(counts, gene_names, model="scfoundation", layers=[0, 1])
-    assert len(_files(tmp_path / "env")) == 3 * 2 + 1  # a file per chunk and layer, + genes
+    assert len(_files(tmp_path / "env")) == 3 + 1  # a file per chunk (all its layers), + genes
 
 
 def test_the_size_limit_holds_after_a_run(tmp_path, counts, gene_names):
-    fake = FakeService(dims={"official": 64})
-    client, _ = _cached_client(fake, tmp_path, cache_max_bytes=4000)
+    fake = FakeService(dims={"official": 64})  # 10 KB per chunk entry (3 cells x 13 layers)
+    client, _ = _cached_client(fake, tmp_path, cache_max_bytes=25_000)
     with client:
         result = client.embed(counts, gene_names, model="scfoundation", layers="all")
     assert len(result) == 13  # the result is whole even though the cache could not keep it
-    assert 0 < client.cache.size() <= 4000
+    assert 0 < client.cache.size() <= 25_000
+
+
+def test_a_flipped_byte_in_a_cached_chunk_is_fetched_again(tmp_path, counts, gene_names):
+    fake = FakeService()
+    client, _ = _cached_client(fake, tmp_path)
+    with client:
+        first = client.embed(counts, gene_names, model="scfoundation", layers=[0, 4])
+        entries = [p for p in _files(tmp_path) if p.suffix == ".npz"]
+        assert len(entries) == 3
+        _flip_a_byte_of_layer_data(entries[1])
+        again = client.embed(counts, gene_names, model="scfoundation", layers=[0, 4])
+    assert len(fake.embed_bodies) == 4  # the damaged chunk, and only it, was asked for again
+    assert fake.embed_bodies[3]["items"][0]["cells"]["shape"] == [3, 4]
+    for k in (0, 4):
+        np.testing.assert_array_equal(again[k], first[k])
+
+
+def test_more_layers_of_a_cached_chunk_rewrite_its_one_entry(tmp_path, counts, gene_names):
+    fake = FakeService()
+    client, _ = _cached_client(fake, tmp_path)
+    with client:
+        client.embed(counts, gene_names, model="scfoundation", layers=[0])
+        client.embed(counts, gene_names, model="scfoundation", layers=[0, 7])
+        assert [b["items"][0]["layers"] for b in fake.embed_bodies[3:]] == [[7]] * 3
+        both = client.embed(counts, gene_names, model="scfoundation", layers=[7, 0])
+    assert len(fake.embed_bodies) == 6  # the third call came from the cache
+    assert len([p for p in _files(tmp_path) if p.suffix == ".npz"]) == 3
+    np.testing.assert_array_equal(both[7][:, 1], np.full(7, 7.0))

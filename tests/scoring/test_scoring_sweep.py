@@ -53,8 +53,10 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
         == SCORE_COLUMNS
         == [
             "model",
+            "pooling",
             "layer",
             "depth",
+            "recipe",
             "task",
             "context",
             "metric",
@@ -68,6 +70,8 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
     )
     assert (df["n_cells"] == 250).all() and df["subsample_seed"].isna().all()
     assert set(df["model"]) == {"toy", "baseline:pca", "baseline:expression"}
+    assert set(df.loc[df["model"] == "toy", "pooling"]) == {"official"}
+    assert (df["recipe"] == "scstrata").all()
     assert set(df["metric"]) == TRAJECTORY_METRICS
     assert (df["task"] == "trajectory").all() and (df["context"] == "all").all()
     toy = df[df["model"] == "toy"]
@@ -191,7 +195,8 @@ def _table(values, model="m", metric="dpt_spearman", context="all"):
     n_layers = len(values) - 1
     return pd.DataFrame(
         [
-            (model, k, k / n_layers, "trajectory", context, metric, v, np.nan, np.nan, np.nan)
+            (model, "S", k, k / n_layers, "scstrata", "trajectory", context, metric, v)
+            + (np.nan,) * 3
             for k, v in enumerate(values)
         ],
         columns=ROW_COLUMNS,
@@ -211,10 +216,12 @@ def test_best_layer_gain_over_final_layer():
     assert best["gain_pct"] == pytest.approx(100.0)
 
 
-def test_best_layer_relative_gain_uses_magnitude_of_negative_final_score():
+def test_best_layer_gives_no_percent_over_a_negative_or_near_zero_final_score():
     best = best_layer(_table([0.1, 0.3, -0.2]))
     assert best["gain"] == pytest.approx(0.5)
-    assert best["gain_pct"] == pytest.approx(250.0)
+    assert np.isnan(best["gain_pct"])
+    assert np.isnan(best_layer(_table([0.1, 0.3, 0.05]))["gain_pct"])
+    assert best_layer(_table([0.1, 0.3, 0.1]))["gain_pct"] == pytest.approx(200.0)
 
 
 def test_best_layer_at_final_layer_has_zero_gain_and_ties_go_shallow():
@@ -254,10 +261,10 @@ def test_pull_layers_returns_integer_layers_and_reuses_the_client_cache(
     layers = pull_layers(service_url, "scf", cells, "all", pooling="S", cache_dir=tmp_path)
     assert sorted(layers) == [0, 1, 2, 3]
     assert all(v.shape == (20, 32) for v in layers.values())
-    stored = sorted(tmp_path.rglob("*.npy"))
-    assert len(stored) == 4  # one chunk x four layers
+    stored = sorted(tmp_path.rglob("*.npz"))
+    assert len(stored) == 1  # one chunk, its four layers in one file
     again = pull_layers(service_url, "scf", cells, "all", pooling="S", cache_dir=tmp_path)
-    assert sorted(tmp_path.rglob("*.npy")) == stored  # served from the cache, nothing added
+    assert sorted(tmp_path.rglob("*.npz")) == stored  # served from the cache, nothing added
     for k in layers:
         np.testing.assert_array_equal(again[k], layers[k])
 

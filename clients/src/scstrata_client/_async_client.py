@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,9 +17,11 @@ from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
-from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
+from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
 from .exceptions import InvalidRequest
 from .models import ModelCard
+from .store import EmbeddingStore
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,13 +42,13 @@ class AsyncClient(ClientBase):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,
@@ -68,7 +71,10 @@ class AsyncClient(ClientBase):
             cache_max_bytes=cache_max_bytes,
             transport_format=transport_format,
         )
-        self._http = httpx.AsyncClient(transport=transport, **self._http_settings())
+        self._replicas = self._replica_set(
+            lambda **kw: httpx.AsyncClient(transport=transport, **kw)
+        )
+        self._http = self._replicas.primary.http
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -77,7 +83,8 @@ class AsyncClient(ClientBase):
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for replica in self._replicas.replicas:
+            await replica.http.aclose()
 
     async def models(self) -> list[ModelCard]:
         """The model cards of every model the service serves (``GET /models``)."""
@@ -93,9 +100,18 @@ class AsyncClient(ClientBase):
         pooling: str = "official",
         options: Mapping[str, Any] | None = None,
         write_to: AnnData | None = None,
-    ) -> dict[int, np.ndarray]:
+        out: str | os.PathLike[str] | None = None,
+    ) -> dict[int, np.ndarray] | EmbeddingStore:
         """See :meth:`Client.embed`."""
+        self._check_out(out, write_to)
         job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
+        if out is not None:
+            written = await asyncio.to_thread(job.open_store, out)
+            async for _ in self._run(job, written):
+                pass  # every chunk goes to the store as it arrives
+            self._report(job)
+            assert job.store is not None
+            return job.store
         result = {k: array async for k, array in self._run(job)}
         self._report(job)
         self._write(write_to, job, result)
@@ -162,21 +178,29 @@ class AsyncClient(ClientBase):
             write_to=write_to,
         )
 
-    async def _run(self, job: EmbedJob) -> AsyncIterator[tuple[int, np.ndarray]]:
-        cached_cells = await asyncio.to_thread(job.load_cache)
+    async def _run(
+        self, job: EmbedJob, done_cells: int = 0
+    ) -> AsyncIterator[tuple[int, np.ndarray]]:
+        done_cells += await asyncio.to_thread(job.load_cache)
         tasks = job.tasks(self.transport_format, self._npz_ok)
-        bar = self._bar(job, len(tasks), cached_cells)
-        limit = asyncio.Semaphore(self.max_concurrency)
-
-        async def send(task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
-            async with limit:
-                return await self._send_chunk(job, task)
-
-        pending = {asyncio.ensure_future(send(task)) for task in tasks}
+        bar = self._bar(job, len(tasks), done_cells)
+        # Tasks are started only as earlier ones finish, so that no more than the window's
+        # replies exist at once; each is dropped once accepted.
+        window = self.max_concurrency * len(self._replicas)
+        todo = iter(tasks)
+        pending: set[asyncio.Future[tuple[ChunkTask, ChunkResult]]] = set()
+        mark = self._replicas.start_run()
         try:
+            await self._check_replicas()
             for item in job.take_complete():
                 yield item
-            while pending:
+            while True:
+                for task in todo:
+                    pending.add(asyncio.ensure_future(self._send_chunk(job, task)))
+                    if len(pending) >= window:
+                        break
+                if not pending:
+                    break
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 failure: BaseException | None = None
                 for future in done:
@@ -187,6 +211,7 @@ class AsyncClient(ClientBase):
                     # Successful chunks are kept (and cached) even when another failed.
                     await asyncio.to_thread(job.accept, task, chunk)
                     bar.update(task.n_cells)
+                del done
                 if failure is not None:
                     raise failure
                 for item in job.take_complete():
@@ -198,6 +223,7 @@ class AsyncClient(ClientBase):
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             bar.close()
+            self._run_report(job, mark)
 
     async def _send_chunk(self, job: EmbedJob, task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
         task = self._current(task)
@@ -215,19 +241,37 @@ class AsyncClient(ClientBase):
 
     async def _post(self, job: EmbedJob, task: ChunkTask) -> Any:
         content = job.content(task)
-        return await self._request("POST", "/embed", content=content, headers=job.headers(task))
+        return await self._request(
+            "POST", "/embed", cells=task.n_cells, content=content, headers=job.headers(task)
+        )
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send one request, retrying transient failures; return the decoded reply."""
-        url = f"{self.url}{path}"
+    async def _request(self, method: str, path: str, *, cells: int = 0, **kwargs: Any) -> Any:
+        """Send one request, retrying transient failures; return the decoded reply.
+
+        With several replicas, as in ``Client._request``.
+        """
         retry = RetryState(self._policy)
         while True:
+            await self._probe_due()
+            replica = self._replicas.acquire()
+            url = f"{replica.url}{path}"
+            started, answered = time.perf_counter(), 0
             try:
-                return decode_reply(await self._http.request(method, path, **kwargs))
+                reply = decode_reply(await replica.http.request(method, path, **kwargs))
+                answered = cells
+                return reply
             except RETRYABLE_ERRORS as exc:
+                elsewhere = self._replicas.failed(replica)
                 delay = retry.failed(exc, method, url)
             except httpx.HTTPError as exc:
                 raise transport_error(exc, method, url) from exc
+            finally:
+                self._replicas.release(
+                    replica, cells=answered, seconds=time.perf_counter() - started
+                )
+            if elsewhere:
+                logger.warning("%s %s failed; trying another replica", method, url)
+                continue
             logger.debug("%s %s: retrying in %.2f s", method, url, delay)
             if self._sleep is not None:
                 waited = self._sleep(delay)
@@ -235,3 +279,41 @@ class AsyncClient(ClientBase):
                     await waited
             else:
                 await asyncio.sleep(delay)
+
+    async def _check_replicas(self) -> None:
+        """See ``Client._check_replicas``."""
+        if len(self._replicas) == 1:
+            return
+        for replica in self._replicas.replicas:
+            if replica.verified:
+                continue
+            try:
+                reply = await replica.http.get("/models", timeout=PROBE_TIMEOUT_S)
+                payload = decode_reply(reply)
+            except (httpx.HTTPError, *RETRYABLE_ERRORS):
+                self._replicas.failed(replica)
+                continue
+            if not self._same_cards(replica, payload):
+                self._replicas.failed(replica)
+                replica.probe_at = float("inf")
+
+    async def _probe_due(self) -> None:
+        replica = self._replicas.due_probe()
+        if replica is not None:
+            self._replicas.probed(replica, await self._healthy(replica))
+
+    async def _healthy(self, replica: Replica) -> bool:
+        """See ``Client._healthy``."""
+        try:
+            for path in HEALTH_PATHS:
+                response = await replica.http.get(path, timeout=PROBE_TIMEOUT_S)
+                if response.status_code != 404:
+                    break
+            if response.status_code != 200:
+                return False
+            if not replica.verified:
+                reply = await replica.http.get("/models", timeout=PROBE_TIMEOUT_S)
+                return self._same_cards(replica, decode_reply(reply))
+        except (httpx.HTTPError, *RETRYABLE_ERRORS):
+            return False
+        return True

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, get_args
 import httpx
 import numpy as np
 import pydantic
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ._anndata import write_embeddings
 from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import _is_int, rejects_cells_npz, rejects_npz
-from ._retry import RetryPolicy
+from ._replicas import Replica, ReplicaSet, RunReport, parse_urls
+from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
 from .exceptions import ProtocolError, ServiceError
 from .models import ModelCard
@@ -49,13 +50,13 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,
@@ -73,7 +74,8 @@ class ClientBase:
             raise ValueError(
                 f"transport_format: expected 'auto', 'json' or 'npz', got {transport_format!r}"
             )
-        self.url = url.rstrip("/")
+        self.urls = parse_urls(url)
+        self.url = self.urls[0]
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self.progress = progress
@@ -91,17 +93,24 @@ class ClientBase:
         self._cells_npz_ok = True  # until the service refuses the cells_npz field
         # Replaced by tests that must not really wait: called with each retry delay.
         self._sleep: Any = None
+        self._replicas: ReplicaSet  # set by each client, with its own HTTP clients
+        self.last_run: RunReport | None = None
+        """Cells sent where, and at what rate, by the last ``embed`` or ``sweep``."""
 
     def __repr__(self) -> str:
         # Never the token.
-        return f"{type(self).__name__}({self.url!r})"
+        urls = self.url if len(self.urls) == 1 else self.urls
+        return f"{type(self).__name__}({urls!r})"
 
-    def _http_settings(self) -> dict[str, Any]:
+    def _replica_set(self, make_http: Any) -> ReplicaSet:
+        return ReplicaSet([Replica(u, make_http(**self._http_settings(u))) for u in self.urls])
+
+    def _http_settings(self, url: str | None = None) -> dict[str, Any]:
         headers = {"User-Agent": f"scstrata-client/{__version__}"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return {
-            "base_url": self.url,
+            "base_url": url or self.url,
             "timeout": self.timeout,
             "headers": headers,
             "limits": httpx.Limits(
@@ -119,6 +128,39 @@ class ClientBase:
             raise ProtocolError(f"GET {self.url}/models: malformed model cards: {exc}") from exc
         self._cards = cards
         return cards
+
+    def _same_cards(self, replica: Replica, payload: Any) -> bool:
+        """True if ``replica`` serves the same model cards as the rest (checked once)."""
+        try:
+            cards = _CARDS.validate_python(payload)
+        except pydantic.ValidationError:
+            cards = None
+        replica.verified = cards == self._cards
+        if not replica.verified:
+            logger.warning(
+                "%s serves other models or weights than %s (GET /models differs); "
+                "it is left out, so that results are never mixed",
+                replica.url,
+                self.url,
+            )
+        return replica.verified
+
+    def _run_report(self, job: EmbedJob, mark: Any) -> None:
+        self.last_run = report = self._replicas.report(mark)
+        if len(self._replicas) > 1:
+            logger.info("%s: %s", job.model, report.summary())
+
+    @staticmethod
+    def _check_out(out: Any, write_to: AnnData | None) -> None:
+        if out is None:
+            return
+        if not isinstance(out, str | os.PathLike):
+            raise TypeError(f"out: expected a path such as 'layers.zarr', got {type(out).__name__}")
+        if write_to is not None:
+            raise ValueError(
+                "out and write_to: pick one (a streamed run keeps the layers in the store; "
+                "open them with store.to_dask(k) to put them in an AnnData)"
+            )
 
     def _card(self, model: str) -> ModelCard | None:
         for card in self._cards or ():

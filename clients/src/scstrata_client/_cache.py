@@ -1,14 +1,20 @@
-"""An on-disk cache of chunk results: one ``.npy`` per (chunk, model, layer, pooling).
+"""An on-disk cache of chunk results: one ``.npz`` per (chunk, model, pooling), holding every
+layer fetched for that chunk and a checksum of them.
 
 A key digests everything the embedding depends on: the chunk's cells (its canonical CSR
 arrays) and gene names, the model's name and card (whose ``checkpoint_digest`` names the
 weights; the whole card is digested, so that any field a service adds to it, such as a code
-version, also separates results), the options and the pooling, and the layer. Keying chunks
-rather than whole inputs is what lets an interrupted run resume: every chunk that came back
-before the interruption is on disk.
+version, also separates results), the options and the pooling. The layers are not in the key:
+an entry holds the layers fetched so far, and a later call that needs more layers of the chunk
+asks for those alone and rewrites the entry with all of them. Keying chunks rather than whole
+inputs is what lets an interrupted run resume: every chunk that came back before the
+interruption is on disk.
 Chunk boundaries depend on ``chunk_size``, so a run with another ``chunk_size`` starts
-afresh.
+afresh. (A streamed run, ``embed(out=...)``, keeps its results in its zarr store instead, which
+it resumes from, and does not use this cache.)
 
+Each entry stores the sha256 of its arrays; an entry whose bytes no longer match (a flipped
+bit on disk, a truncated copy) is dropped with a warning and fetched again, never returned.
 Files are written to a temporary name and renamed into place, so that a crash or a
 concurrent reader never sees half a file. A read refreshes the file's modification time;
 when the cache outgrows its limit, the least recently used files go first.
@@ -24,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,7 @@ DEFAULT_MAX_BYTES = 20 * 2**30
 _EVICT_TO = 0.9
 # A temporary file this old was left by a process killed mid-write.
 _STALE_TMP_S = 3600.0
-_VERSION = "v1"
+_VERSION = "v2"  # v1: one .npy per (chunk, layer), no checksum
 
 
 def default_cache_dir() -> Path:
@@ -87,11 +94,25 @@ def result_key(
     model: str,
     card_digest: str,
     options_digest: str,
-    layer: int,
     pooling: str,
 ) -> str:
-    parts = [_VERSION, data_digest, model, card_digest, options_digest, int(layer), pooling]
+    """The key of one chunk's entry (every layer of it that was fetched)."""
+    parts = [_VERSION, data_digest, model, card_digest, options_digest, pooling]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def checksum_layers(layers: Mapping[int, np.ndarray]) -> str:
+    """sha256 of an entry's layers: each index, shape and float32 bytes, in layer order."""
+    h = hashlib.sha256()
+    for k in sorted(layers):
+        array = np.ascontiguousarray(layers[k], dtype=np.float32)
+        h.update(json.dumps([int(k), list(array.shape)]).encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+_LAYER = "layer_"
+_CHECKSUM = "sha256"
 
 
 class ChunkCache:
@@ -118,32 +139,54 @@ class ChunkCache:
 
     # -- arrays ---------------------------------------------------------------------------
 
-    def get(self, key: str, n_rows: int, dim: int | None = None) -> np.ndarray | None:
-        """The cached array for ``key``, or None; an array of the wrong shape is a miss."""
-        path = self._path(key, ".npy")
+    def get(self, key: str, n_rows: int, dim: int | None = None) -> dict[int, np.ndarray] | None:
+        """The layers cached for ``key``, or None.
+
+        An entry that is unreadable, of the wrong shape, or whose bytes do not match its
+        checksum is removed and counts as a miss, so that the caller fetches it again.
+        """
+        path = self._path(key, ".npz")
         try:
-            array = np.load(path, allow_pickle=False)
+            with np.load(path, allow_pickle=False) as archive:
+                stored = str(archive[_CHECKSUM])
+                layers = {
+                    int(name[len(_LAYER) :]): archive[name]
+                    for name in archive.files
+                    if name.startswith(_LAYER)
+                }
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError) as exc:
-            logger.warning("cache: dropping unreadable %s (%s)", path, exc)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            logger.warning("cache: dropping unreadable %s (%s); fetching it again", path, exc)
             self._remove(path)
             return None
-        if (
-            array.ndim != 2
+        bad = [
+            k
+            for k, array in layers.items()
+            if array.ndim != 2
             or array.shape[0] != n_rows
             or (dim is not None and array.shape[1] != dim)
             or array.dtype != np.float32
-        ):
-            logger.warning("cache: dropping %s of unexpected shape %s", path, array.shape)
+        ]
+        if bad or not layers:
+            logger.warning("cache: dropping %s of unexpected shape; fetching it again", path)
+            self._remove(path)
+            return None
+        if checksum_layers(layers) != stored:
+            logger.warning("cache: %s does not match its checksum; fetching it again", path)
             self._remove(path)
             return None
         self._touch(path)
-        return array
+        return dict(sorted(layers.items()))
 
-    def put(self, key: str, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        self._write(self._path(key, ".npy"), lambda f: np.save(f, array, allow_pickle=False))
+    def put(self, key: str, layers: Mapping[int, np.ndarray]) -> None:
+        """Store every layer of one chunk (replacing what the entry held)."""
+        arrays = {
+            f"{_LAYER}{int(k)}": np.ascontiguousarray(a, dtype=np.float32)
+            for k, a in layers.items()
+        }
+        arrays[_CHECKSUM] = np.array(checksum_layers(layers))
+        self._write(self._path(key, ".npz"), lambda f: np.savez(f, **arrays))
 
     # -- small JSON records (e.g. the unmapped genes of a gene list) -------------------------
 
@@ -231,7 +274,7 @@ class ChunkCache:
                     if time.time() - stat.st_mtime > _STALE_TMP_S:
                         self._remove(path)
                     continue
-                if path.suffix in (".npy", ".json"):
+                if path.suffix in (".npz", ".json"):
                     found.append((stat.st_mtime, stat.st_size, path))
         return found
 

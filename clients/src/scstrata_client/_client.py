@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -17,9 +17,11 @@ from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, Cancelled, Clien
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
-from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
+from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
 from .exceptions import InvalidRequest
 from .models import ModelCard
+from .store import EmbeddingStore
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -30,17 +32,22 @@ Layers = int | Sequence[int] | Literal["all"]
 
 
 class Client(ClientBase):
-    """A client of one scstrata service.
+    """A client of an scstrata service (one URL, or several replicas of it).
 
     Args:
-        url: the service's base URL, e.g. ``"http://localhost:3000"``.
+        url: the service's base URL, e.g. ``"http://localhost:3000"``; or several replicas
+            (a list, or one comma-separated string): each chunk goes to the replica with the
+            fewest requests outstanding, a failing one is taken out until it answers its
+            health check (``/readyz``), and ``last_run`` reports cells/s per replica.
         token: sent as ``Authorization: Bearer <token>``; defaults to ``$SCSTRATA_TOKEN``.
         timeout: seconds allowed for each phase of one HTTP call (connect, send, read).
             Generous by default, because a chunk of cells can take minutes on a busy GPU.
         chunk_size: cells per request. Lower it if the service answers 413.
-        max_concurrency: chunks in flight at once (threads here, tasks in ``AsyncClient``).
+        max_concurrency: chunks in flight at once per replica (threads here, tasks in
+            ``AsyncClient``).
         max_retries: retries after the first try, for connection failures, timeouts, 429
-            and 503. Other errors are never retried.
+            and 503. Other errors are never retried. The default (8) waits at least 91.5 s
+            in all, longer than a service restart.
         backoff: the first retry's base delay in seconds; it doubles at each retry, with
             random jitter, and a ``Retry-After`` header lengthens it.
         progress: show a progress bar over cells. ``None`` shows one only when stderr is a
@@ -63,13 +70,13 @@ class Client(ClientBase):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,
@@ -92,7 +99,8 @@ class Client(ClientBase):
             cache_max_bytes=cache_max_bytes,
             transport_format=transport_format,
         )
-        self._http = httpx.Client(transport=transport, **self._http_settings())
+        self._replicas = self._replica_set(lambda **kw: httpx.Client(transport=transport, **kw))
+        self._http = self._replicas.primary.http
         self._encoding = threading.Lock()  # see _post
 
     def __enter__(self) -> Client:
@@ -102,7 +110,8 @@ class Client(ClientBase):
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        for replica in self._replicas.replicas:
+            replica.http.close()
 
     def models(self) -> list[ModelCard]:
         """The model cards of every model the service serves (``GET /models``)."""
@@ -118,12 +127,16 @@ class Client(ClientBase):
         pooling: str = "official",
         options: Mapping[str, Any] | None = None,
         write_to: AnnData | None = None,
-    ) -> dict[int, np.ndarray]:
-        """Embed cells with ``model``; return ``{layer index: float32 array (cells x dim)}``.
+        out: str | os.PathLike[str] | None = None,
+    ) -> dict[int, np.ndarray] | EmbeddingStore:
+        """Embed cells with ``model``; return ``{layer index: float32 array (cells x dim)}``,
+        or with ``out``, the ``EmbeddingStore`` the layers were streamed into.
 
         Args:
-            X: counts, cells x genes: an AnnData (``.X``, genes from ``.var_names``), a SciPy
-                sparse matrix, or a 2-D NumPy array.
+            X: counts, cells x genes: an AnnData (``.X``, genes from ``.var_names``; in memory
+                or opened with ``backed="r"``), a path to an ``.h5ad`` file or an AnnData
+                ``.zarr`` store (both read a chunk of rows at a time), a SciPy sparse matrix,
+                or a 2-D NumPy array.
             genes: one gene name per column of ``X``; required unless ``X`` is an AnnData,
                 where it overrides ``var_names``.
             model: a model name from :meth:`models`.
@@ -134,12 +147,25 @@ class Client(ClientBase):
             write_to: an AnnData with the same cells, in the same order, to store each layer
                 in ``obsm["X_<model>_layer<k>"]`` (``_<pooling>`` appended unless pooling is
                 "official") with provenance in ``uns["scstrata"]``.
+            out: a zarr store path (e.g. ``"layers.zarr"``) to write each chunk into as it
+                arrives, instead of returning arrays: the client's memory stays flat however
+                many cells there are. Rerun with the same arguments to resume: only chunks the
+                store does not hold are sent. A store written for another model card, options,
+                layers, pooling, chunk size or input raises ``StoreMismatch``.
 
         Cells are sent ``chunk_size`` at a time, ``max_concurrency`` chunks at once, and
         reassembled in input order; results already in the cache are not asked for again.
         A reply with a missing or extra cell or layer raises ``ProtocolError``.
         """
+        self._check_out(out, write_to)
         job = self._prepare(X, genes, model, layers, pooling, options, write_to)
+        if out is not None:
+            written = job.open_store(out)
+            for _ in self._run(job, written):
+                pass  # every chunk goes to the store as it arrives
+            self._report(job)
+            assert job.store is not None
+            return job.store
         result = dict(self._run(job))
         self._report(job)
         self._write(write_to, job, result)
@@ -178,7 +204,9 @@ class Client(ClientBase):
         """Yield ``(layer, array)`` for every requested layer as soon as it is complete.
 
         Layers the cache holds come first, at once; the rest come from one request per
-        chunk asking for all of them together, and are yielded once the last chunk is in.
+        chunk asking for all of them together (one forward pass computes them all), so they
+        complete with the last chunk. Each array is handed over, not kept: the client holds
+        one copy of the result at most. For more cells than fit, use ``embed(out=...)``.
         With ``write_to``, each layer is stored in the AnnData as it is yielded. Arguments
         are checked (and the model cards fetched) before this returns.
         """
@@ -215,33 +243,61 @@ class Client(ClientBase):
             write_to=write_to,
         )
 
-    def _run(self, job: EmbedJob) -> Iterator[tuple[int, np.ndarray]]:
-        cached_cells = job.load_cache()
+    def _run(self, job: EmbedJob, done_cells: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        done_cells += job.load_cache()
         tasks = job.tasks(self.transport_format, self._npz_ok)
-        bar = self._bar(job, len(tasks), cached_cells)
+        bar = self._bar(job, len(tasks), done_cells)
         cancel = threading.Event()
-        pool: ThreadPoolExecutor | None = None
+        mark = self._replicas.start_run()
         try:
+            self._check_replicas()
             yield from job.take_complete()
-            replies: Iterator[tuple[ChunkTask, ChunkResult]]
-            if self.max_concurrency == 1 or len(tasks) <= 1:
-                replies = (self._send_chunk(job, task, cancel) for task in tasks)
-            else:
-                pool = ThreadPoolExecutor(
-                    min(self.max_concurrency, len(tasks)), thread_name_prefix="scstrata-chunk"
-                )
-                futures = [pool.submit(self._send_chunk, job, t, cancel) for t in tasks]
-                replies = (future.result() for future in as_completed(futures))
-            for task, chunk in replies:
+            for task, chunk in self._replies(job, tasks, cancel):
                 job.accept(task, chunk)
+                del chunk  # placed or written: the reply is not kept
                 bar.update(task.n_cells)
                 yield from job.take_complete()
             job.result()  # raises if a chunk were somehow left out
         finally:
             cancel.set()  # chunks still waiting to retry give up
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
+            self._run_report(job, mark)
+
+    def _replies(
+        self, job: EmbedJob, tasks: list[ChunkTask], cancel: threading.Event
+    ) -> Iterator[tuple[ChunkTask, ChunkResult]]:
+        """Replies as they come, with at most ``max_concurrency`` per replica in flight.
+
+        Tasks are submitted only as earlier ones finish, and a finished future is dropped
+        once its reply is handed on, so replies are never held beyond their use.
+        """
+        window = self.max_concurrency * len(self._replicas)
+        if window == 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield self._send_chunk(job, task, cancel)
+            return
+        todo = iter(tasks)
+        pending: set[Future[tuple[ChunkTask, ChunkResult]]] = set()
+        pool = ThreadPoolExecutor(min(window, len(tasks)), thread_name_prefix="scstrata-chunk")
+        try:
+            while True:
+                for task in todo:
+                    pending.add(pool.submit(self._send_chunk, job, task, cancel))
+                    if len(pending) >= window:
+                        break
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                failure = next((f.exception() for f in done if f.exception()), None)
+                for future in done:
+                    if future.exception() is None:
+                        # Successful chunks are kept (and cached) even when another failed.
+                        yield future.result()
+                del done, future
+                if failure is not None:
+                    raise failure
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _send_chunk(
         self, job: EmbedJob, task: ChunkTask, cancel: threading.Event
@@ -265,26 +321,92 @@ class Client(ClientBase):
         with self._encoding:
             content = job.content(task)
         return self._request(
-            "POST", "/embed", cancel=cancel, content=content, headers=job.headers(task)
+            "POST",
+            "/embed",
+            cancel=cancel,
+            cells=task.n_cells,
+            content=content,
+            headers=job.headers(task),
         )
 
     def _request(
-        self, method: str, path: str, *, cancel: threading.Event | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        cancel: threading.Event | None = None,
+        cells: int = 0,
+        **kwargs: Any,
     ) -> Any:
-        """Send one request, retrying transient failures; return the decoded reply."""
-        url = f"{self.url}{path}"
+        """Send one request, retrying transient failures; return the decoded reply.
+
+        With several replicas, a retryable failure takes that replica out and the request
+        goes to another one at once; the retries are counted all the same.
+        """
         retry = RetryState(self._policy)
         while True:
             if cancel is not None and cancel.is_set():
-                raise Cancelled(f"{method} {url}")
+                raise Cancelled(f"{method} {self.url}{path}")
+            self._probe_due()
+            replica = self._replicas.acquire()
+            url = f"{replica.url}{path}"
+            started, answered = time.perf_counter(), 0
             try:
-                return decode_reply(self._http.request(method, path, **kwargs))
+                reply = decode_reply(replica.http.request(method, path, **kwargs))
+                answered = cells
+                return reply
             except RETRYABLE_ERRORS as exc:
+                elsewhere = self._replicas.failed(replica)
                 delay = retry.failed(exc, method, url)
             except httpx.HTTPError as exc:
                 raise transport_error(exc, method, url) from exc
+            finally:
+                self._replicas.release(
+                    replica, cells=answered, seconds=time.perf_counter() - started
+                )
+            if elsewhere:
+                logger.warning("%s %s failed; trying another replica", method, url)
+                continue
             logger.debug("%s %s: retrying in %.2f s", method, url, delay)
             self._pause(delay, cancel)
+
+    def _check_replicas(self) -> None:
+        """With several replicas: each must serve the same model cards (checked once each)."""
+        if len(self._replicas) == 1:
+            return
+        for replica in self._replicas.replicas:
+            if replica.verified:
+                continue
+            try:
+                payload = decode_reply(replica.http.get("/models", timeout=PROBE_TIMEOUT_S))
+            except (httpx.HTTPError, *RETRYABLE_ERRORS):
+                self._replicas.failed(replica)  # out until its health check passes
+                continue
+            if not self._same_cards(replica, payload):
+                self._replicas.failed(replica)
+                replica.probe_at = float("inf")  # never back in
+
+    def _probe_due(self) -> None:
+        replica = self._replicas.due_probe()
+        if replica is not None:
+            self._replicas.probed(replica, self._healthy(replica))
+
+    def _healthy(self, replica: Replica) -> bool:
+        """The health check of a replica that was taken out: ``/readyz`` (else ``/livez``)
+        answers 200, and its model cards are those of the others."""
+        try:
+            for path in HEALTH_PATHS:
+                response = replica.http.get(path, timeout=PROBE_TIMEOUT_S)
+                if response.status_code != 404:
+                    break
+            if response.status_code != 200:
+                return False
+            if not replica.verified:
+                payload = decode_reply(replica.http.get("/models", timeout=PROBE_TIMEOUT_S))
+                return self._same_cards(replica, payload)
+        except (httpx.HTTPError, *RETRYABLE_ERRORS):
+            return False
+        return True
 
     def _pause(self, delay: float, cancel: threading.Event | None) -> None:
         if self._sleep is not None:

@@ -25,21 +25,22 @@ from ._cache import (
     digest_options,
     result_key,
 )
-from ._inputs import as_csr, chunk_ranges
+from ._inputs import chunk_ranges
 from ._protocol import (
     NPZ_MEDIA_TYPE,
     ChunkResult,
     TransportFormat,
     build_item,
-    canonical_csr,
     normalise_layers,
     parse_embed_reply,
     request_body,
     request_content,
     resolve_layers,
 )
+from ._source import RowSource, open_rows
 from .exceptions import ProtocolError
 from .models import ModelCard
+from .store import EmbeddingStore, InputSpec, StoreSpec, digest_structure, open_store
 
 logger = logging.getLogger("scstrata_client")
 
@@ -87,8 +88,8 @@ class ChunkTask:
 
 @dataclass
 class EmbedJob:
-    cells: sp.csr_matrix
-    genes: list[str]
+    source: RowSource
+    """The cells, read a chunk at a time (``_source``)."""
     model: str
     layers: int | list[int] | Literal["all"]
     pooling: str
@@ -104,8 +105,14 @@ class EmbedJob:
     _out: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _have: dict[int, set[int]] = field(default_factory=dict, repr=False)
     _handed_out: set[int] = field(default_factory=set, repr=False)
-    _keys: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    store: EmbeddingStore | None = None
+    """Where a streamed run writes each chunk (``out=``); None keeps the result in memory."""
+    _keys: dict[int, str] = field(default_factory=dict, repr=False)
+    _entries: dict[int, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+    _digests: dict[int, str] = field(default_factory=dict, repr=False)
+    _written: set[int] = field(default_factory=set, repr=False)
     _meta_key: str | None = field(default=None, repr=False)
+    _genes_digest: str | None = field(default=None, repr=False)
 
     @classmethod
     def plan(
@@ -134,7 +141,7 @@ class EmbedJob:
             raise ValueError(f"pooling: expected a pooling name, got {pooling!r}")
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"options: expected a dict, got {type(options).__name__}")
-        cells, gene_list = as_csr(X, genes)
+        source = open_rows(X, genes)
         wire = normalise_layers(layers)
         wanted = dim = None
         if card is not None:
@@ -145,13 +152,12 @@ class EmbedJob:
         if wanted is None or card is None or not card.checkpoint_digest:
             cache = None  # nothing trustworthy to key results on
         return cls(
-            cells=canonical_csr(cells),
-            genes=gene_list,
+            source=source,
             model=model,
             layers=wire,
             pooling=pooling,
             options=dict(options or {}),
-            ranges=chunk_ranges(cells.shape[0], chunk_size),
+            ranges=chunk_ranges(source.n_cells, chunk_size),
             card=card,
             wanted=wanted,
             dim=dim,
@@ -160,7 +166,22 @@ class EmbedJob:
 
     @property
     def n_cells(self) -> int:
-        return int(self.cells.shape[0])
+        return self.source.n_cells
+
+    @property
+    def genes(self) -> list[str]:
+        return self.source.genes
+
+    def rows(self, i: int) -> sp.csr_matrix:
+        """The canonical cells of chunk ``i`` (read from the source now)."""
+        start, stop = self.ranges[i]
+        return self.source.rows(start, stop)
+
+    def chunk_digest(self, i: int, cells: sp.csr_matrix | None = None) -> str:
+        """The data digest of chunk ``i`` (its cells and gene names)."""
+        if self._genes_digest is None:
+            self._genes_digest = digest_genes(self.genes)
+        return digest_chunk(self.rows(i) if cells is None else cells, self._genes_digest)
 
     @property
     def n_chunks(self) -> int:
@@ -170,34 +191,75 @@ class EmbedJob:
 
     def load_cache(self) -> int:
         """Fill in every (chunk, layer) the cache holds; return the cells needing no request."""
-        if self.cache is None or self.wanted is None or self.card is None:
+        if self.cache is None or self.wanted is None or self.card is None or self.store:
             return 0
-        genes_digest = digest_genes(self.genes)
-        options_digest = digest_options(self.options)
         common = {
             "model": self.model,
             "card_digest": digest_card(self.card.model_dump(mode="json")),
-            "options_digest": options_digest,
+            "options_digest": digest_options(self.options),
         }
-        self._meta_key = result_key(genes_digest, layer=-1, pooling="unmapped", **common)
+        genes_digest = digest_genes(self.genes)
+        self._meta_key = result_key(genes_digest, pooling="unmapped", **common)
         meta = self.cache.get_meta(self._meta_key)
         if meta is not None and self.n_unmapped_genes is None:
             self.n_unmapped_genes = int(meta.get("n_unmapped_genes", 0))
             self.unmapped_genes = [str(g) for g in meta.get("unmapped_genes", [])]
         done_cells = 0
         for i, (start, stop) in enumerate(self.ranges):
-            data_digest = digest_chunk(self.cells[start:stop], genes_digest)
-            complete = True
+            key = result_key(self.chunk_digest(i), pooling=self.pooling, **common)
+            self._keys[i] = key
+            entry = self.cache.get(key, stop - start, self.dim) or {}
             for k in self.wanted:
-                key = result_key(data_digest, layer=k, pooling=self.pooling, **common)
-                self._keys[(i, k)] = key
-                array = self.cache.get(key, stop - start, self.dim)
-                if array is None:
-                    complete = False
-                else:
-                    self._place(i, k, array)
-            done_cells += (stop - start) if complete else 0
+                if k in entry:
+                    self._place(i, k, entry[k])
+            if self.missing(i):
+                if entry:
+                    self._entries[i] = entry  # rewritten with the layers still to come
+            else:
+                done_cells += stop - start
         return done_cells
+
+    # -- streaming to a store ------------------------------------------------------------------
+
+    def store_spec(self) -> StoreSpec:
+        """What a store must have been written with for this job to resume it."""
+        card = self.card
+        if card is None or self.wanted is None or self.dim is None or not card.checkpoint_digest:
+            raise ValueError(
+                f"out: streaming to a store needs the model card of {self.model!r} with a "
+                "checkpoint_digest (GET /models), and layers and pooling it offers"
+            )
+        indptr = getattr(self.source, "indptr", None)
+        n_genes = len(self.genes)
+        return StoreSpec(
+            model=self.model,
+            pooling=self.pooling,
+            layers=list(self.wanted),
+            dim=self.dim,
+            chunk_size=self.ranges[0][1] - self.ranges[0][0],
+            card_digest=digest_card(card.model_dump(mode="json")),
+            checkpoint_digest=card.checkpoint_digest,
+            options=self.options,
+            input=InputSpec(
+                n_cells=self.n_cells,
+                n_genes=n_genes,
+                data_digest=digest_structure(self.genes, self.n_cells, indptr),
+            ),
+        )
+
+    def open_store(self, path: Any) -> int:
+        """Stream this job into the store at ``path``; return the cells already written there.
+
+        Every chunk the store says is done is checked against the input (its data digest)
+        before anything is sent, so a store from other cells is refused, never mixed into.
+        """
+        store = open_store(path, self.store_spec())
+        done = store.done_chunks()
+        for i in sorted(done):
+            store.verify_chunk(i, self.chunk_digest(i))
+        self.store = store
+        self._written = set(done)
+        return sum(stop - start for i, (start, stop) in enumerate(self.ranges) if i in done)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -205,6 +267,8 @@ class EmbedJob:
         """Layers chunk ``i`` still needs (None: all, unknown which until a reply)."""
         if self.wanted is None:
             return None
+        if self.store is not None:
+            return [] if i in self._written else list(self.wanted)
         return [k for k in self.wanted if i not in self._have.get(k, ())]
 
     def tasks(
@@ -228,7 +292,7 @@ class EmbedJob:
                 layers = self.layers if need == self.wanted else list(need)
                 expected = tuple(need)
             n_layers = len(need) if need is not None else None
-            nnz = int(self.cells.indptr[stop] - self.cells.indptr[start])
+            nnz = self.source.nnz(start, stop)
             fmt = self._format(stop - start, nnz, n_layers, transport_format, npz_ok)
             tasks.append(ChunkTask(i, start, stop, layers, expected, fmt, fmt == "npz"))
         return tasks
@@ -236,7 +300,7 @@ class EmbedJob:
     def _format(
         self,
         n_cells: int,
-        nnz: int,
+        nnz: int | None,
         n_layers: int | None,
         choice: TransportChoice,
         npz_ok: bool,
@@ -245,7 +309,8 @@ class EmbedJob:
             return choice
         if not npz_ok:
             return "json"  # a service that refused npz: JSON both ways
-        if nnz > NPZ_AUTO_NNZ_THRESHOLD:
+        if nnz is None or nnz > NPZ_AUTO_NNZ_THRESHOLD:
+            # (None: a dense backed matrix, whose non-zeros are only known once read.)
             # A large request, even before the reply's size is known (no model card): a raw
             # npz reply is checked like a JSON one, against the card or else the first reply.
             return "npz"
@@ -263,8 +328,12 @@ class EmbedJob:
     def body(self, task: ChunkTask | int) -> dict[str, Any]:
         """The JSON body of a task (or of chunk ``i`` asking for every layer, as JSON)."""
         task = self._task(task)
+        cells = self.rows(task.index)
+        if self.store is not None:
+            # What the store marks the chunk done with; taken here, where the cells are read.
+            self._digests[task.index] = self.chunk_digest(task.index, cells)
         item = build_item(
-            self.cells[task.start : task.stop],
+            cells,
             self.genes,
             model=self.model,
             layers=task.layers,
@@ -319,13 +388,16 @@ class EmbedJob:
                     f"chunk {i} returned layers {sorted(chunk.layers)}, "
                     f"earlier chunks returned {self.wanted}"
                 )
-        for k, array in chunk.layers.items():
-            self._place(i, k, array)
-        if self.cache is not None:
+        if self.store is not None:
+            digest = self._digests.pop(i, None) or self.chunk_digest(i)
+            self.store.write_chunk(i, chunk.layers, digest)
+            self._written.add(i)
+        else:
             for k, array in chunk.layers.items():
-                key = self._keys.get((i, k))
-                if key is not None:
-                    self.cache.put(key, array)
+                self._place(i, k, array)
+        key = self._keys.get(i)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, {**self._entries.pop(i, {}), **chunk.layers})
         if self.n_unmapped_genes is None:
             # Every chunk sends the same genes, so the first reply's report holds for all.
             self.n_unmapped_genes = chunk.n_unmapped_genes

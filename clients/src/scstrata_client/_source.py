@@ -1,0 +1,126 @@
+"""Where a job's cells come from, a chunk of rows at a time.
+
+``InMemoryRows`` holds a CSR matrix (what ``as_csr`` makes of AnnData, SciPy or NumPy input).
+``LazyRows`` reads rows from a file only when a chunk is sent: an AnnData opened with
+``backed="r"``, or a path to an ``.h5ad`` (opened backed) or an AnnData ``.zarr`` store
+(``X`` read through anndata's ``sparse_dataset``). Either way a chunk comes out canonical
+(``canonical_csr``) and checked for non-finite values, so a streamed run's memory holds the
+chunks in flight, never the whole input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._inputs import _to_csr_float32, as_csr, is_anndata
+from ._protocol import canonical_csr
+
+
+class InMemoryRows:
+    """Rows of a matrix already in memory (canonicalised once, sliced per chunk)."""
+
+    def __init__(self, cells: sp.csr_matrix, genes: list[str]):
+        self.cells = canonical_csr(cells)
+        self.genes = genes
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.cells.shape[0])
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.cells.indptr
+
+    def nnz(self, start: int, stop: int) -> int | None:
+        return int(self.cells.indptr[stop] - self.cells.indptr[start])
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        return self.cells[start:stop]
+
+
+class LazyRows:
+    """Rows read from a backed matrix (anndata's backed sparse dataset, h5py or zarr array)."""
+
+    def __init__(self, matrix: Any, genes: list[str], indptr: np.ndarray | None, owner: Any):
+        self._matrix = matrix
+        self.genes = genes
+        self.indptr = indptr
+        self._owner = owner  # keeps the file open (a backed AnnData or zarr group)
+        shape = tuple(matrix.shape)
+        if len(shape) != 2:
+            raise ValueError(f"X: expected a 2-D matrix (cells x genes), got shape {shape}")
+        if shape[1] != len(genes):
+            raise ValueError(
+                f"genes: got {len(genes)} names for {shape[1]} columns of X; "
+                "pass one gene name per column"
+            )
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"X: has no {'cells' if shape[0] == 0 else 'genes'}")
+        self._n_cells = int(shape[0])
+
+    @property
+    def n_cells(self) -> int:
+        return self._n_cells
+
+    def nnz(self, start: int, stop: int) -> int | None:
+        if self.indptr is None:
+            return None
+        return int(self.indptr[stop] - self.indptr[start])
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        chunk = _to_csr_float32(self._matrix[start:stop])
+        if not np.isfinite(chunk.data).all():
+            raise ValueError(f"X: rows {start}:{stop} contain NaN or infinite values")
+        return canonical_csr(chunk)
+
+
+RowSource = InMemoryRows | LazyRows
+
+
+def open_rows(X: Any, genes: Sequence[str] | None) -> RowSource:
+    """A row source for any supported input: a path (``.h5ad``, ``.zarr``), an AnnData
+    (in memory or backed), a SciPy sparse matrix or a 2-D NumPy array."""
+    if isinstance(X, str | os.PathLike):
+        return _open_path(Path(X), genes)
+    if is_anndata(X) and X.isbacked:
+        names = X.var_names if genes is None else genes
+        return _lazy(X.X, names, X)
+    cells, gene_list = as_csr(X, genes)
+    return InMemoryRows(cells, gene_list)
+
+
+def _open_path(path: Path, genes: Sequence[str] | None) -> LazyRows:
+    import anndata as ad
+
+    if not path.exists():
+        raise ValueError(f"X: {path}: no such file or folder")
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+        if "X" not in group:
+            raise ValueError(f"X: {path}: an AnnData zarr store has an X; this one has none")
+        node = group["X"]
+        matrix = ad.io.sparse_dataset(node) if isinstance(node, zarr.Group) else node
+        names = genes if genes is not None else ad.io.read_elem(group["var"]).index
+        return _lazy(matrix, names, group)
+    adata = ad.read_h5ad(path, backed="r")
+    return _lazy(adata.X, adata.var_names if genes is None else genes, adata)
+
+
+def _lazy(matrix: Any, genes: Sequence[str], owner: Any) -> LazyRows:
+    if matrix is None:
+        raise ValueError("X: the AnnData has no .X matrix; put the counts in .X")
+    if isinstance(genes, str):
+        raise TypeError("genes: expected a sequence of gene names, got a single string")
+    indptr = None
+    group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
+    if group is not None and getattr(matrix, "format", None) == "csr":
+        indptr = np.asarray(group["indptr"][:])
+    return LazyRows(matrix, [str(g) for g in genes], indptr, owner)
