@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from scstrata_client import Client
+from scstrata_client._cache import digest_card
 from scstrata_client.distributed import embed_on_dask
 from scstrata_client.store import StoreMismatch, read_store
 
@@ -255,6 +256,30 @@ def test_a_file_input_is_read_by_the_workers(dask_client, replicas, cells, refer
         progress=False,
     )
     assert_equal_to_reference(read_store(tmp_path / "from-file.zarr"), reference)
+
+
+def test_in_process_workers_write_the_same_store_as_the_replicas(
+    dask_client, replicas, checkpoint, cells, reference, tmp_path
+):
+    counts, genes = cells
+    embed_on_dask(
+        dask_client,
+        counts,
+        genes,
+        model="scf",
+        out=tmp_path / "in-process.zarr",
+        in_process=f"scfoundation:{checkpoint.parent}",
+        pooling=POOLING,
+        chunk_size=CHUNK,
+        chunks_per_task=12,
+        progress=False,
+    )
+    store = read_store(tmp_path / "in-process.zarr")
+    assert_equal_to_reference(store, reference)
+    # the same card digest as over HTTP: a sweep may be resumed either way
+    with Client(replicas[0][0], cache=False) as client:
+        (card,) = client.models()
+    assert store.spec.card_digest == digest_card(card.model_dump(mode="json"))
 
 
 def test_a_store_of_other_options_is_refused(dask_client, replicas, cells, tmp_path):
