@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
     base = rows[0]["cells_per_s"]
     for row in rows:
         row["vs_1_replica_1_worker"] = round(row["cells_per_s"] / base, 2)
+    simulated = f"simulated, {args.rate:g} tokens/s per replica"
     report = {
         "cells": args.cells,
+        "tokens": tokens,
         "median_genes": args.median,
-        "accelerator": "real CPU"
-        if args.real
-        else f"simulated, {args.rate:g} tokens/s per replica",
+        "accelerator": "real CPU" if args.real else simulated,
         "cpu_cores": os.cpu_count(),
         "configs": rows,
     }

@@ -282,6 +282,25 @@ def test_in_process_workers_write_the_same_store_as_the_replicas(
     assert store.spec.card_digest == digest_card(card.model_dump(mode="json"))
 
 
+def test_the_cli_runs_a_sweep_on_the_scheduler(dask_client, replicas, cells, tmp_path, capsys):
+    from scstrata_client.cli import main
+
+    counts, genes = cells
+    adata = ad.AnnData(counts[:700].astype(np.float32))
+    adata.var_names = genes
+    adata.write_h5ad(tmp_path / "few.h5ad")
+    urls, _ = replicas
+    code = main(
+        ["embed", str(tmp_path / "few.h5ad"), "-o", str(tmp_path / "few.zarr"),
+         "--scheduler", dask_client.scheduler.address, "--url", ",".join(urls),
+         "--model", "scf", "--layers", "0,-1", "--pooling", POOLING, "--chunk-size", "100"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    store = read_store(tmp_path / "few.zarr")
+    assert store.complete and store.layers == [0, 2] and store.n_cells == 700
+    assert "wrote" in capsys.readouterr().err
+
+
 def test_a_store_of_other_options_is_refused(dask_client, replicas, cells, tmp_path):
     counts, genes = cells
     urls, _ = replicas
