@@ -298,3 +298,27 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, gene_tsv, capsys, e
 def test_cli_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         main(["trajectory", "--data", str(tmp_path / "x.h5ad"), "--out", "o", "--debug"])
+
+
+def test_study_recipe_against_the_real_service(tmp_path, gene_tsv, service_url, capsys):
+    from scstrata_scoring.pull import card_get, model_card
+
+    data = tmp_path / "sim.h5ad"
+    main(["simulate", "--genes", str(gene_tsv), "--out", str(data), "--n-cells", "90"])
+    out = tmp_path / "study"
+    argv = ["trajectory", "--url", service_url, "--model", "scf", "--data", str(data)]
+    argv += ["--recipe", "study", "--out", str(out), "--n-boot", "10", "--no-baselines"]
+    code = main([*argv, "--cache", str(tmp_path / "cache")])
+    card = model_card(service_url, "scf")
+    if card_get(card, "final_norm") is None:
+        # A service whose cards cannot say whether layer L is normed: a plain refusal.
+        assert code == 2
+        assert "no 'final_norm' field" in capsys.readouterr().err
+        return
+    assert code == 0
+    df = pd.read_csv(out / "scores.csv")
+    assert set(df["pooling"]) == {"S"} and set(df["recipe"]) == {"study"}
+    n_layers = card_get(card, "n_layers")
+    assert sorted(df["layer"].unique()) == list(range(n_layers))  # X_layer_i = block i + 1
+    np.testing.assert_allclose(df["depth"], (df["layer"] + 1) / n_layers)
+    assert "final_norm" in (out / "report.html").read_text()

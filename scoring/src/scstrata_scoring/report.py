@@ -149,10 +149,14 @@ def _baseline_sentence(best: Mapping[str, Any]) -> str:
     name = best.get("baseline")
     if not name or not isinstance(name, str):
         return ""
+    low, high = best.get("vs_baseline_ci_low"), best.get("vs_baseline_ci_high")
     versus = (
         f" Best layer minus {name} ({best['baseline_score']:.3f}): {best['vs_baseline']:+.3f}"
-        f"{_interval(best.get('vs_baseline_ci_low'), best.get('vs_baseline_ci_high'))}."
+        f"{_interval(low, high)}"
     )
+    if _finite(low) and _finite(high) and low <= 0.0 <= high:
+        versus += " (the interval includes 0: no clear difference)"
+    versus += "."
     if not below:
         return " It is above every baseline." + versus
     text = f" Every layer scores below {' and '.join(below)}."

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "fabricate", help="write a small scFoundation-layout checkpoint with RANDOM demo weights"
     )
     fab.add_argument(
-        "--family", default="scfoundation", choices=["scfoundation", "tahoe", "geneformer"]
+        "--family", default="scfoundation", choices=["scfoundation", "tahoe", "geneformer", "scgpt"]
     )
     fab.add_argument("--out", required=True, help="folder to write the checkpoint into")
     fab.add_argument("--hidden", type=int, default=64)
