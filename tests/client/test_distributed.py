@@ -262,20 +262,21 @@ def test_in_process_workers_write_the_same_store_as_the_replicas(
     dask_client, replicas, checkpoint, cells, reference, tmp_path
 ):
     counts, genes = cells
+    n = 12 * CHUNK  # the first 12 chunks: a cell's embedding does not depend on the others
     embed_on_dask(
         dask_client,
-        counts,
+        counts[:n],
         genes,
         model="scf",
         out=tmp_path / "in-process.zarr",
         in_process=f"scfoundation:{checkpoint.parent}",
         pooling=POOLING,
         chunk_size=CHUNK,
-        chunks_per_task=12,
+        chunks_per_task=3,
         progress=False,
     )
     store = read_store(tmp_path / "in-process.zarr")
-    assert_equal_to_reference(store, reference)
+    assert_equal_to_reference(store, {k: rows[:n] for k, rows in reference.items()})
     # the same card digest as over HTTP: a sweep may be resumed either way
     with Client(replicas[0][0], cache=False) as client:
         (card,) = client.models()
