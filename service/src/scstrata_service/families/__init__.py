@@ -73,4 +73,9 @@ def fabricate(
         scgpt(folder, hidden=hidden, n_layers=depth, n_heads=heads, n_genes=4000, seed=seed)
     else:
         raise ValueError(f"family: unknown {family!r}; known: {sorted(FAMILIES)}")
+    # safetensors writes 0600: the container's user (another uid, over a read-only mount)
+    # could not read the demo weights
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(file.stat().st_mode | 0o444)
     return folder
