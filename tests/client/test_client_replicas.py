@@ -140,7 +140,8 @@ def test_a_replica_serving_other_weights_is_left_out(caplog):
 def test_with_every_replica_down_the_run_fails_after_its_retries():
     a, b = Replica(), Replica()
     a.stopped = b.stopped = True
-    with Replicas(a, b).client(chunk_size=3, max_retries=2) as client, pytest.raises(TransportError):
+    client = Replicas(a, b).client(chunk_size=3, max_retries=2)
+    with client, pytest.raises(TransportError):
         client.embed(_cells(6), GENES, model=MODEL, layers=0)
 
 
