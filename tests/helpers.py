@@ -41,3 +41,24 @@ def embed_item(counts, genes, **fields) -> dict:
         },
         **fields,
     }
+
+
+def server_processes(url: str) -> list:
+    """The psutil processes of the server listening on the URL's port: BentoML's main process
+    and its workers (a crashed worker comes back with a new PID)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            root = psutil.Process(conn.pid)
+            while root.parent() is not None and "scstrata_service" in " ".join(
+                root.parent().cmdline()
+            ):
+                root = root.parent()
+            return [root, *root.children(recursive=True)]
+    raise RuntimeError(f"no process listens on {port}")
+
+
+def server_pids(url: str) -> set[int]:
+    return {p.pid for p in server_processes(url)}

@@ -269,14 +269,15 @@ def test_rejects_cells_npz_recognises_older_services_only(tiny_checkpoint):
     assert not rejects_cells_npz(_invalid(OLD_SERVICE_REPLY, status=413))
 
     # None of this service's own complaints about a cells_npz reads as "unknown field".
-    from scstrata_service.schemas import CellsNpz, InputError
+    from scstrata_service.backend import InputError
+    from scstrata_service.uploads import NpzCells
 
     buffer = io.BytesIO()
     np.savez(buffer, data=np.array(["x"]), indices=np.zeros(1, np.int32))
     uploads = ["%%%", b"junk", buffer.getvalue()]
     for upload in [u if isinstance(u, str) else base64.b64encode(u).decode() for u in uploads]:
         with pytest.raises(InputError) as info:
-            CellsNpz(upload).arrays()
+            NpzCells(upload, 1 << 20).read()
         message = f"items[0]: {info.value}"
         refusal = _invalid({"error": "1 validation error", "detail": [{"msg": message}]})
         assert "cells_npz" in message

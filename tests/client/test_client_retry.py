@@ -91,3 +91,30 @@ def test_negative_retry_settings_are_rejected():
         RetryPolicy(max_retries=-1)
     with pytest.raises(ValueError, match="backoff"):
         RetryPolicy(backoff=-0.1)
+
+
+def test_a_429_with_retry_after_is_retried_after_that_long():
+    from scstrata_client._protocol import decode_reply
+
+    reply = httpx.Response(
+        429,
+        json={"error": "authorization: too many wrong tokens"},
+        headers={"Retry-After": "7"},
+        request=httpx.Request("GET", "http://svc/models"),
+    )
+    with pytest.raises(ServiceUnavailable) as info:
+        decode_reply(reply)
+    state = RetryState(RetryPolicy(max_retries=3, backoff=0.1), jitter=lambda: 0.0)
+    assert state.failed(info.value, "GET", "http://svc/models") == 7.0
+
+
+def test_the_default_retries_outlast_a_service_restart():
+    import inspect
+
+    from scstrata_client import AsyncClient, Client
+    from scstrata_client._retry import DEFAULT_MAX_RETRIES, retry_window_s
+
+    assert retry_window_s(RetryPolicy()) >= 90  # a restart with model loading: ~30-60 s
+    for cls in (Client, AsyncClient):
+        default = inspect.signature(cls).parameters["max_retries"].default
+        assert default == DEFAULT_MAX_RETRIES == RetryPolicy().max_retries

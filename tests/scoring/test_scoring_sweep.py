@@ -47,8 +47,10 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
         == SCORE_COLUMNS
         == [
             "model",
+            "pooling",
             "layer",
             "depth",
+            "recipe",
             "task",
             "context",
             "metric",
@@ -59,6 +61,8 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
         ]
     )
     assert set(df["model"]) == {"toy", "baseline:pca", "baseline:expression"}
+    assert set(df.loc[df["model"] == "toy", "pooling"]) == {"official"}
+    assert (df["recipe"] == "scstrata").all()
     assert set(df["metric"]) == TRAJECTORY_METRICS
     assert (df["task"] == "trajectory").all() and (df["context"] == "all").all()
     toy = df[df["model"] == "toy"]
@@ -182,7 +186,8 @@ def _table(values, model="m", metric="dpt_spearman", context="all"):
     n_layers = len(values) - 1
     return pd.DataFrame(
         [
-            (model, k, k / n_layers, "trajectory", context, metric, v, np.nan, np.nan, np.nan)
+            (model, "S", k, k / n_layers, "scstrata", "trajectory", context, metric, v)
+            + (np.nan,) * 3
             for k, v in enumerate(values)
         ],
         columns=SCORE_COLUMNS,
@@ -202,10 +207,12 @@ def test_best_layer_gain_over_final_layer():
     assert best["gain_pct"] == pytest.approx(100.0)
 
 
-def test_best_layer_relative_gain_uses_magnitude_of_negative_final_score():
+def test_best_layer_gives_no_percent_over_a_negative_or_near_zero_final_score():
     best = best_layer(_table([0.1, 0.3, -0.2]))
     assert best["gain"] == pytest.approx(0.5)
-    assert best["gain_pct"] == pytest.approx(250.0)
+    assert np.isnan(best["gain_pct"])
+    assert np.isnan(best_layer(_table([0.1, 0.3, 0.05]))["gain_pct"])
+    assert best_layer(_table([0.1, 0.3, 0.1]))["gain_pct"] == pytest.approx(200.0)
 
 
 def test_best_layer_at_final_layer_has_zero_gain_and_ties_go_shallow():

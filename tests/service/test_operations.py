@@ -15,13 +15,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 
 from scstrata_service.launcher import running_service
 from scstrata_service.registry import load_config
 
-from helpers import embed_item, make_cells
+from helpers import embed_item, make_cells, server_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,16 +91,7 @@ def test_schemathesis_finds_no_server_error(config_url):
 
 def _server_rss(url: str) -> int:
     """Resident memory of the server process tree listening on the URL's port."""
-    port = int(url.rsplit(":", 1)[1])
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-            root = psutil.Process(conn.pid)
-            while root.parent() is not None and "scstrata_service" in " ".join(
-                root.parent().cmdline()
-            ):
-                root = root.parent()
-            return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-    raise RuntimeError(f"no process listens on {port}")
+    return sum(p.memory_info().rss for p in server_processes(url))
 
 
 def test_bounded_load_1000_mixed_requests_from_32_clients(service_url, tiny_backend, vocabulary):

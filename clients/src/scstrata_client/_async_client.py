@@ -18,7 +18,7 @@ from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
-from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -48,7 +48,7 @@ class AsyncClient(ClientBase):
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,

@@ -22,7 +22,7 @@ from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import _is_int, rejects_cells_npz, rejects_npz
 from ._replicas import Replica, ReplicaSet, RunReport, parse_urls
-from ._retry import RetryPolicy
+from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
 from .exceptions import ProtocolError, ServiceError
 from .models import ModelCard
@@ -56,7 +56,7 @@ class ClientBase:
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,

@@ -18,7 +18,7 @@ from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
-from ._retry import RETRYABLE_ERRORS, RetryState, transport_error
+from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -46,7 +46,8 @@ class Client(ClientBase):
         max_concurrency: chunks in flight at once per replica (threads here, tasks in
             ``AsyncClient``).
         max_retries: retries after the first try, for connection failures, timeouts, 429
-            and 503. Other errors are never retried.
+            and 503. Other errors are never retried. The default (8) waits at least 91.5 s
+            in all, longer than a service restart.
         backoff: the first retry's base delay in seconds; it doubles at each retry, with
             random jitter, and a ``Retry-After`` header lengthens it.
         progress: show a progress bar over cells. ``None`` shows one only when stderr is a
@@ -75,7 +76,7 @@ class Client(ClientBase):
         timeout: float = 300.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 0.5,
         progress: bool | None = None,
         cache: bool = True,

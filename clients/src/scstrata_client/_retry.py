@@ -90,10 +90,22 @@ def backoff_delay(
     return base + jitter * step
 
 
+# Retries of the default policy: 0.5 + 1 + 2 + ... + 30 + 30 s = at least 91.5 s of waiting
+# (up to twice that with jitter), longer than the service takes to restart and load its models
+# (five retries waited 15.5-31 s, less than a restart).
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_BACKOFF_S = 0.5
+
+
+def retry_window_s(policy: RetryPolicy) -> float:
+    """The least total wait of ``policy``'s retries (no jitter, no Retry-After)."""
+    return sum(backoff_delay(i, policy.backoff, jitter=0.0) for i in range(policy.max_retries))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = 5
-    backoff: float = 0.5
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff: float = DEFAULT_BACKOFF_S
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:

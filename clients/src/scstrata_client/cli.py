@@ -104,6 +104,26 @@ def _parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    dask = embed.add_argument_group(
+        "on a Dask cluster (pip install 'scstrata-client[dask]'; -o is then a .zarr store)"
+    )
+    dask.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask scheduler (tcp://host:8786): its workers embed row chunks and write them "
+        "to the store; FILE must be readable at the same path on every worker",
+    )
+    dask.add_argument(
+        "--in-process",
+        metavar="FAMILY:PATH",
+        help="with --scheduler: each worker loads this checkpoint once on its own device "
+        "(needs scstrata-service there) instead of calling --url",
+    )
+    dask.add_argument(
+        "--chunks-per-task",
+        type=int,
+        help="with --scheduler: consecutive chunks per Dask task (default 8)",
+    )
 
     for name, text in SERVICE_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -116,6 +136,9 @@ def _embed(args: argparse.Namespace) -> int:
     from ._client import Client
 
     urls = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
+    args.url = urls  # one string, URLs separated by commas
+    if args.scheduler or args.in_process:
+        return _embed_on_dask(args)
     if not urls:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
         return 2
@@ -230,6 +253,50 @@ def _gene_column(path: Path, column: str) -> list[str] | None:
 def _print_replicas(client: Any) -> None:
     if client.last_run is not None and len(client.urls) > 1:
         print(client.last_run.summary(), file=sys.stderr)
+
+
+def _embed_on_dask(args: argparse.Namespace) -> int:
+    if not args.scheduler:
+        print("scstrata embed: --in-process needs --scheduler", file=sys.stderr)
+        return 2
+    try:
+        from .distributed import embed_on_dask
+    except ImportError:
+        print(
+            "scstrata embed: --scheduler needs Dask: pip install 'scstrata-client[dask]'",
+            file=sys.stderr,
+        )
+        return 2
+    if args.in_process is None and not args.url:
+        print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
+        return 2
+    urls = None
+    if args.in_process is None:
+        urls = args.url if isinstance(args.url, list) else args.url.split(",")
+    store = embed_on_dask(
+        args.scheduler,
+        Path(args.file),
+        model=args.model,
+        out=args.out,
+        urls=urls,
+        in_process=args.in_process,
+        layers=args.layers,
+        pooling=args.pooling,
+        token=args.token,
+        chunk_size=args.chunk_size,
+        **({"chunks_per_task": args.chunks_per_task} if args.chunks_per_task else {}),
+        max_concurrency=args.max_concurrency,
+        counts_layer=args.counts_layer,
+        gene_column=args.gene_column,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(
+            f"wrote {args.out}: {store.n_cells} cells, layers {_ranges(store.layers)} of "
+            f"{args.model} (pooling {args.pooling}) on Dask",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _ranges(values: list[int]) -> str:

@@ -35,12 +35,13 @@ BASELINE_EXPRESSION = "baseline:expression"
 _RANDOM_STATE = 0
 
 
-def log_normalise(adata: ad.AnnData) -> ad.AnnData:
+def log_normalise(adata: ad.AnnData, drop_undetected: bool = True) -> ad.AnnData:
     """A new AnnData of the detected genes of ``adata``: counts scaled to 10,000 per cell, log1p.
 
     ``adata.X`` must hold raw counts. Genes with no count in any cell are dropped (they have
-    nothing to rank or shift). ``X`` of the result is CSR ``float32``; obs and var names are
-    kept, obs columns are not.
+    nothing to rank or shift) unless ``drop_undetected`` is False (the study's recipe keeps
+    them, and they shift the mean bins of the HVG selection). ``X`` of the result is CSR
+    ``float32``; obs and var names are kept, obs columns are not.
     """
     x = adata.X
     x = sparse.csr_matrix(x, dtype=np.float32) if not sparse.issparse(x) else x.tocsr(copy=True)
@@ -52,7 +53,7 @@ def log_normalise(adata: ad.AnnData) -> ad.AnnData:
     detected = np.asarray((norm.X != 0).sum(axis=0)).ravel() > 0
     if not detected.any():
         raise ValueError("adata.X has no non-zero value; nothing to normalise")
-    return norm[:, detected].copy()
+    return norm[:, detected].copy() if drop_undetected else norm
 
 
 def hvg_pca(lognorm: ad.AnnData, n_top_genes: int = 2500, n_pcs: int = 50) -> np.ndarray:

@@ -1,7 +1,8 @@
 """``scstrata-score``: simulate data, or sweep served models' layers and score them.
 
 ``trajectory`` and ``perturbation`` pull every layer of each ``--model`` through the client
-(cached by the client, see ``--cache``), score the layers and the baselines, and write to ``--out``:
+(cached by the client, see ``--cache``), or take them from the data file's ``obsm``
+(``--obsm GLOB``), score the layers and the baselines with ``--recipe``, and write to ``--out``:
 ``scores.csv`` (tidy, :data:`~scstrata_scoring.sweep.SCORE_COLUMNS`), ``summary.csv``
 (:data:`~scstrata_scoring.sweep.SUMMARY_COLUMNS`), ``<task>.png`` and ``report.html``.
 """
@@ -9,21 +10,29 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
+import numpy as np
+from scipy import sparse
 
 from .data import read_perturbation, read_trajectory
 from .plot import plot_scores
-from .pull import card_field, model_card, pull_layers
+from .provenance import file_digest, package_versions
+from .pull import card_field, card_get, model_card, pull_layers
+from .recipe import RECIPES, service_request, study_layer_number
 from .report import summary_line, write_report
 from .simulate import simulate_trajectory
 from .simulate_perturbation import simulate_perturbation
 from .sweep import LayerSet, SweepResult, score_perturbation, score_trajectory
 
-__all__ = ["main", "parse_layers", "read_genes"]
+__all__ = ["Loaded", "load_embeddings", "main", "obsm_layer_set", "parse_layers", "read_genes"]
 
 
 def read_genes(path: str | Path) -> list[str]:
@@ -84,39 +93,181 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class Loaded:
+    """Embeddings to score, with what the report says about where they came from."""
+
+    layer_sets: list[LayerSet]
+    notes: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def load_embeddings(args: argparse.Namespace, adata: ad.AnnData) -> Loaded:
+    """The per-layer embeddings of ``adata``'s cells that a sweep scores.
+
+    From ``adata.obsm`` when ``--obsm`` is given (:func:`obsm_layer_set`), else pulled from
+    the service at ``--url`` for each ``--model`` (:func:`~scstrata_scoring.pull.pull_layers`)
+    with the request of ``--recipe`` (:func:`~scstrata_scoring.recipe.service_request`).
+    This is the one place embeddings enter a sweep: a new source goes here.
+    """
+    if args.obsm:
+        layer_set = obsm_layer_set(
+            adata,
+            args.obsm,
+            model=args.model[0] if args.model else None,
+            n_layers=args.n_layers,
+            pooling=args.pooling or "unknown",
+            numbering=args.layer_numbering,
+        )
+        keys = sorted(_matching_keys(adata, args.obsm), key=_layer_of_key)
+        return Loaded(
+            [layer_set],
+            list(args.note or []),
+            {
+                "embeddings": f"adata.obsm of the data file: {', '.join(keys)}",
+                "pooling": layer_set.pooling,
+                "layers": _ranges(sorted(layer_set.embeddings)),
+                "layer numbering": args.layer_numbering,
+            },
+        )
+    if not args.url or not args.model:
+        raise ValueError("--url and --model are required unless --obsm names embeddings")
+    layer_sets, notes, models = [], list(args.note or []), {}
+    for model in dict.fromkeys(args.model):
+        card = model_card(args.url, model)
+        request = service_request(card, args.recipe, args.pooling, args.layers)
+        embeddings = pull_layers(
+            args.url,
+            model,
+            adata,
+            request.layers,
+            pooling=request.pooling,
+            options=request.options or None,
+            genes=_genes(adata, args.gene_column),
+            cache=not args.no_cache,
+            cache_dir=args.cache,
+        )
+        numbering = "scstrata"
+        if args.recipe == "study":
+            embeddings = {study_layer_number(k): v for k, v in embeddings.items()}
+            numbering = "study"
+        n_layers = int(card_field(card, "n_layers"))
+        layer_sets.append(LayerSet(model, n_layers, embeddings, request.pooling, numbering))
+        if card_get(card, "demo_weights"):
+            notes.append(f"Model {model!r} runs demo (random) weights: scores are not biology.")
+        models[model] = {
+            "family": card_get(card, "family"),
+            "checkpoint digest": card_get(card, "checkpoint_digest") or "none given",
+            "blocks": n_layers,
+            "pooling": request.pooling,
+            "options": request.options or "none",
+            "layers": _ranges(sorted(embeddings)),
+        }
+    if args.recipe == "study":
+        notes.append(
+            "Layers are numbered as the study numbered them: layer i is the output of block "
+            "i + 1, without the final norm; the input embedding is not scored."
+        )
+    provenance = {"service": args.url, "models": models}
+    return Loaded(layer_sets, notes, provenance)
+
+
+def obsm_layer_set(
+    adata: ad.AnnData,
+    pattern: str,
+    *,
+    model: str | None = None,
+    n_layers: int | None = None,
+    pooling: str = "unknown",
+    numbering: str = "scstrata",
+) -> LayerSet:
+    """The ``adata.obsm`` arrays whose keys match the glob ``pattern``, as one model's layers.
+
+    Each key's layer number is the last integer in it (``X_layer_7`` -> 7). Depth is layer /
+    ``n_layers``, which defaults to the largest number found; with ``numbering="study"``
+    (keys written as the study did, ``X_layer_i`` = block ``i + 1``) it is ``(i + 1)`` /
+    ``n_layers``, which defaults to the largest number + 1. ``model`` (default: the pattern
+    without its wildcards) names them in the tables.
+    """
+    keys = _matching_keys(adata, pattern)
+    if not keys:
+        known = ", ".join(adata.obsm.keys()) or "none"
+        raise ValueError(f"--obsm: no obsm key matches {pattern!r} (has: {known})")
+    embeddings: dict[int, np.ndarray] = {}
+    for key in keys:
+        layer = _layer_of_key(key)
+        if layer in embeddings:
+            raise ValueError(f"--obsm: two keys matching {pattern!r} give layer {layer}")
+        value = adata.obsm[key]
+        embeddings[layer] = np.asarray(value.toarray() if sparse.issparse(value) else value)
+    top = max(embeddings) + (1 if numbering == "study" else 0)
+    if n_layers is None:
+        if top < 1:
+            raise ValueError("--obsm: the only layer found is 0; give --n-layers for its depth")
+        n_layers = top
+    elif n_layers < top:
+        raise ValueError(f"--n-layers {n_layers} is below the deepest layer found ({top})")
+    name = model or (pattern.replace("*", "").replace("?", "").strip("_") or "embeddings")
+    return LayerSet(name, n_layers, embeddings, pooling, numbering)
+
+
+def _matching_keys(adata: ad.AnnData, pattern: str) -> list[str]:
+    return [key for key in adata.obsm if fnmatch.fnmatchcase(key, pattern)]
+
+
+def _layer_of_key(key: str) -> int:
+    found = re.findall(r"\d+", key)
+    if not found:
+        raise ValueError(f"--obsm: key {key!r} has no layer number in it")
+    return int(found[-1])
+
+
+def _genes(adata: ad.AnnData, gene_column: str | None) -> list[str] | None:
+    return None if gene_column is None else adata.var[gene_column].astype(str).tolist()
+
+
+def _read_data(args: argparse.Namespace, task: str) -> ad.AnnData:
+    path = Path(args.data)
+    if not path.is_file():
+        raise ValueError(f"--data: {path}: no such file")
+    if task == "trajectory":
+        adata = read_trajectory(path, args.time_key, counts_layer=args.counts_layer)
+    else:
+        adata = read_perturbation(
+            path, args.perturbation_key, args.state, args.control, args.counts_layer
+        )
+    if args.gene_column is not None and args.gene_column not in adata.var.columns:
+        known = ", ".join(adata.var.columns) or "none"
+        raise ValueError(
+            f"--gene-column: adata.var has no column {args.gene_column!r} (has: {known})"
+        )
+    return adata
+
+
 def _trajectory(args: argparse.Namespace) -> int:
-    try:
-        adata = read_trajectory(args.data, args.time_key, counts_layer=args.counts_layer)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    layer_sets, notes = _pull(args, adata)
+    adata = _read_data(args, "trajectory")
+    loaded = load_embeddings(args, adata)
     result = score_trajectory(
-        layer_sets,
+        loaded.layer_sets,
         adata,
         args.time_key,
         baselines=not args.no_baselines,
         n_boot=args.n_boot,
         seed=args.seed,
+        recipe=args.recipe,
     )
-    return _write(args, result, "trajectory", notes)
+    return _write(args, result, "trajectory", loaded, adata)
 
 
 def _perturbation(args: argparse.Namespace) -> int:
-    state_key = None if args.state_key.lower() == "none" else args.state_key
-    try:
-        adata = read_perturbation(
-            args.data, args.perturbation_key, state_key, args.control, args.counts_layer
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    layer_sets, notes = _pull(args, adata)
+    args.state = None if args.state_key.lower() == "none" else args.state_key
+    adata = _read_data(args, "perturbation")
+    loaded = load_embeddings(args, adata)
     result = score_perturbation(
-        layer_sets,
+        loaded.layer_sets,
         adata,
         args.perturbation_key,
-        state_key,
+        args.state,
         args.control,
         baselines=not args.no_baselines,
         min_cells=args.min_cells,
@@ -125,33 +276,39 @@ def _perturbation(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         centre=args.centre,
+        recipe=args.recipe,
     )
     if result.scores.empty:
-        print("error: no context had enough perturbations to score", file=sys.stderr)
-        return 2
-    return _write(args, result, "perturbation", notes)
+        raise ValueError("no context had enough perturbations to score")
+    return _write(args, result, "perturbation", loaded, adata)
 
 
-def _pull(args: argparse.Namespace, adata: ad.AnnData) -> tuple[list[LayerSet], list[str]]:
-    layer_sets, notes = [], list(args.note or [])
-    for model in dict.fromkeys(args.model):
-        card = model_card(args.url, model)
-        embeddings = pull_layers(
-            args.url,
-            model,
-            adata,
-            args.layers,
-            pooling=args.pooling,
-            cache=not args.no_cache,
-            cache_dir=args.cache,
-        )
-        layer_sets.append(LayerSet(model, int(card_field(card, "n_layers")), embeddings))
-        if _card_get(card, "demo_weights"):
-            notes.append(f"Model {model!r} runs demo (random) weights: scores are not biology.")
-    return layer_sets, notes
+def _provenance(
+    args: argparse.Namespace, task: str, loaded: Loaded, adata: ad.AnnData
+) -> dict[str, Any]:
+    seeds = f"--seed {args.seed} (bootstrap draws"
+    seeds += ", label shuffles)" if task == "perturbation" else ")"
+    record = {
+        "data file": str(Path(args.data).resolve()),
+        "data digest": file_digest(args.data),
+        "cells scored": adata.n_obs,
+        "genes": adata.n_vars,
+        "counts": f"layers[{args.counts_layer!r}]" if args.counts_layer else "X",
+        "gene names": f"var[{args.gene_column!r}]" if args.gene_column else "var_names",
+        "recipe": args.recipe,
+        **loaded.provenance,
+        "bootstrap draws": args.n_boot,
+        "seeds": seeds + "; scanpy random_state 0 (neighbours, diffusion map, PCA)",
+        "packages": package_versions(),
+    }
+    if task == "perturbation":
+        record["label shuffles"] = args.n_permutations
+    return record
 
 
-def _write(args: argparse.Namespace, result: SweepResult, task: str, notes: list[str]) -> int:
+def _write(
+    args: argparse.Namespace, result: SweepResult, task: str, loaded: Loaded, adata: ad.AnnData
+) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_csv(out / "scores.csv", index=False)
@@ -160,10 +317,11 @@ def _write(args: argparse.Namespace, result: SweepResult, task: str, notes: list
     report = write_report(
         result.scores,
         out,
-        notes,
+        loaded.notes,
         summary=result.summary,
         plot_name=plot.name,
         title=f"Layer scores: {task}",
+        provenance=_provenance(args, task, loaded, adata),
     )
     for row in result.summary.to_dict("records"):
         print(summary_line(row))
@@ -171,22 +329,59 @@ def _write(args: argparse.Namespace, result: SweepResult, task: str, notes: list
     return 0
 
 
-def _card_get(card: object, field: str) -> object:
-    try:
-        return card_field(card, field)
-    except (KeyError, AttributeError):
-        return None
+def _ranges(values: list[int]) -> str:
+    """``0-3, 6`` for ``[0, 1, 2, 3, 6]``."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="service URL, e.g. http://localhost:3000")
-    parser.add_argument(
-        "--model", required=True, action="append", help="served model (repeat for several)"
+    source = parser.add_argument_group("embeddings: from the service, or already in the file")
+    source.add_argument("--url", help="service URL, e.g. http://localhost:3000")
+    source.add_argument(
+        "--model",
+        action="append",
+        help="served model (repeat for several); with --obsm, the name shown for them",
+    )
+    source.add_argument(
+        "--obsm",
+        metavar="GLOB",
+        help="score adata.obsm arrays whose keys match GLOB (e.g. 'X_layer*'), no service; "
+        "the layer is the last number in each key",
+    )
+    source.add_argument(
+        "--n-layers",
+        type=int,
+        help="with --obsm: blocks of the model, for depth = layer / N (default: deepest found)",
+    )
+    source.add_argument(
+        "--layer-numbering",
+        choices=["scstrata", "study"],
+        default="scstrata",
+        help="with --obsm: 'study' reads X_layer_i as block i + 1 (default: layer k = block k)",
     )
     parser.add_argument("--data", required=True, help=".h5ad with raw counts")
-    parser.add_argument("--counts-layer", help="take counts from this layer instead of X")
-    parser.add_argument("--layers", type=parse_layers, default="all", help="all | K | K1,K2,...")
-    parser.add_argument("--pooling", default="official")
+    parser.add_argument("--counts-layer", help="take counts from adata.layers[NAME], not X")
+    parser.add_argument("--gene-column", help="take gene names from adata.var[COLUMN]")
+    parser.add_argument(
+        "--layers", type=parse_layers, default="all", help="all | K | K1,K2,... (service)"
+    )
+    parser.add_argument(
+        "--pooling",
+        help="pooling to ask for (default: the card's, or the study's token with --recipe "
+        "study); with --obsm, only a label for the tables",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default="scstrata",
+        help="scstrata (default) or the study's published method (scoring/README.md)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--n-boot", type=int, default=500, help="bootstrap draws (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of resamples and shuffles")
@@ -197,6 +392,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="always pull from the service")
     parser.add_argument("--note", action="append", help="a line to show in the report (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,9 +439,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``scstrata-score``; returns the exit status."""
+    """Entry point of ``scstrata-score``; returns the exit status.
+
+    A failure (a bad file, column, key or request, an unreachable service) is one line on
+    stderr and exit status 2; ``--debug`` shows the traceback instead.
+    """
     args = _parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as err:  # one line for the user; --debug re-raises for the traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"scstrata-score {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, ValueError | OSError | KeyError):
+        text = f"{type(err).__name__}: {text}"
+    return text + " (--debug for the traceback)"
 
 
 if __name__ == "__main__":

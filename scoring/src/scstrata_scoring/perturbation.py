@@ -18,6 +18,12 @@ As in the layer study, per activation state (one context at a time):
 
 Bootstrap intervals resample *perturbations* with replacement and recompute the score on the
 pairs of distinct resampled perturbations.
+
+``recipe="study"`` (:mod:`.recipe`) builds the reference as the layer study did: shifts of the
+file's own values (``raw`` if present, else ``X``: raw counts in its data, not normalised),
+genes ranked by :math:`|\\delta| / (\\sqrt{s_p^2/n_p + s_c^2/n_c} + 10^{-8})`, and profile
+similarity = the cosine of the profiles' average ranks, not centred
+(:func:`rank_cosine_similarity`; the study called it Spearman, which centres the ranks first).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Literal
 import numpy as np
 from scipy import sparse, stats
 
+from .recipe import STUDY_T_EPS, Recipe, check_recipe
 from .resample import rowwise_spearman
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "permutation_null",
     "permutation_p_value",
     "perturbation_reference",
+    "rank_cosine_similarity",
     "rsa_bootstrap",
     "rsa_score",
     "shift_profiles",
@@ -55,11 +63,12 @@ PERTURBATION_METRICS = ("rsa_spearman", "rsa_p_value")
 Centre = Literal["none", "control"]
 
 
-def welch_t(a, b) -> np.ndarray:
+def welch_t(a, b, eps: float = 0.0) -> np.ndarray:
     """Welch's t per column of ``a`` (cells x genes) against ``b``.
 
-    :math:`t = (\\bar a - \\bar b) / \\sqrt{s_a^2 / n_a + s_b^2 / n_b}` with unbiased
-    variances :math:`s^2` (ddof 1; Welch 1947, *Biometrika* 34:28). Dense or sparse input.
+    :math:`t = (\\bar a - \\bar b) / (\\sqrt{s_a^2 / n_a + s_b^2 / n_b} + \\epsilon)` with
+    unbiased variances :math:`s^2` (ddof 1; Welch 1947, *Biometrika* 34:28) and
+    :math:`\\epsilon` = ``eps`` (0; the study used :math:`10^{-8}`). Dense or sparse input.
     A gene with no variance in either group and equal means gets 0.
     """
     mean_a, var_a, n_a = _moments(a)
@@ -68,7 +77,7 @@ def welch_t(a, b) -> np.ndarray:
         raise ValueError(f"Welch's t needs at least 2 cells per group, got {n_a} and {n_b}")
     diff = mean_a - mean_b
     with np.errstate(invalid="ignore", divide="ignore"):
-        t = diff / np.sqrt(var_a / n_a + var_b / n_b)
+        t = diff / (np.sqrt(var_a / n_a + var_b / n_b) + eps)
     t[np.isnan(t)] = 0.0
     return t
 
@@ -79,13 +88,16 @@ def shift_profiles(
     control: str,
     min_cells: int = 5,
     n_top_genes: int = 500,
+    eps: float = 0.0,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Zero-filled shift profiles of every perturbation with at least ``min_cells`` cells.
 
     ``x`` is log-normalised expression (cells x genes, dense or sparse) and ``labels`` the
     perturbation of each cell, ``control`` marking non-targeting cells. For perturbation *p*:
     shift :math:`\\delta_p = \\bar x_p - \\bar x_{ctrl}`, top genes :math:`T_p` = the
-    ``n_top_genes`` largest :math:`|t|` (:func:`welch_t` of *p* against control). The union
+    ``n_top_genes`` largest :math:`|t|` (:func:`welch_t` of *p* against control, with
+    ``eps``; ties go to the lower column, where the study's ``torch.topk`` leaves the order
+    unspecified). The union
     :math:`U = \\cup_p T_p` indexes the profile columns, and profile :math:`p` is
     :math:`\\delta_p` on :math:`T_p` and 0 on :math:`U \\setminus T_p`.
 
@@ -104,7 +116,7 @@ def shift_profiles(
     shifts, tops = [], []
     for name in kept:
         cells = x[labels == name]
-        t = np.abs(welch_t(cells, ctrl))
+        t = np.abs(welch_t(cells, ctrl, eps))
         order = np.argsort(-t, kind="stable")
         tops.append(np.sort(order[: min(n_top_genes, t.size)]))
         shifts.append(_moments(cells)[0] - ctrl_mean)
@@ -125,6 +137,20 @@ def spearman_similarity(profiles: np.ndarray) -> np.ndarray:
     return _pearson_rows(ranks)
 
 
+def rank_cosine_similarity(profiles: np.ndarray) -> np.ndarray:
+    """The study's profile similarity: cosine between every pair of rows' average ranks.
+
+    Each row is ranked over its columns (ties: mean rank, from 1) and the ranks are compared
+    by cosine *without centring*: :math:`r_p \\cdot r_q / (\\|r_p\\| \\|r_q\\|)`. Spearman's
+    rho is the same cosine after subtracting each row's mean rank; uncentred, every pair
+    scores above 0 (all ranks are positive), so this is not a correlation.
+    """
+    profiles = np.asarray(profiles, dtype=np.float64)
+    if profiles.shape[1] == 0:
+        return np.zeros((profiles.shape[0], profiles.shape[0]))
+    return cosine_similarity(stats.rankdata(profiles, axis=1))
+
+
 @dataclass(frozen=True)
 class PerturbationReference:
     """The reference of one context: kept perturbations, their profiles and similarity."""
@@ -142,11 +168,20 @@ def perturbation_reference(
     gene_names: Sequence[str] | None = None,
     min_cells: int = 5,
     n_top_genes: int = 500,
+    recipe: Recipe = "scstrata",
 ) -> PerturbationReference:
-    """:func:`shift_profiles` and their :func:`spearman_similarity`, for one context."""
-    kept, profiles, union = shift_profiles(x, labels, control, min_cells, n_top_genes)
+    """:func:`shift_profiles` and their similarity, for one context.
+
+    ``scstrata``: ``x`` log-normalised, :func:`spearman_similarity`. ``study``: ``x`` as the
+    study took it (the file's values, raw counts in its data), the t with
+    :data:`~scstrata_scoring.recipe.STUDY_T_EPS`, :func:`rank_cosine_similarity`.
+    """
+    study = check_recipe(recipe) == "study"
+    eps = STUDY_T_EPS if study else 0.0
+    kept, profiles, union = shift_profiles(x, labels, control, min_cells, n_top_genes, eps)
     genes = np.asarray(gene_names)[union] if gene_names is not None else union
-    return PerturbationReference(kept, profiles, genes, spearman_similarity(profiles))
+    similarity = rank_cosine_similarity(profiles) if study else spearman_similarity(profiles)
+    return PerturbationReference(kept, profiles, genes, similarity)
 
 
 def group_means(embedding, labels: Sequence[str] | np.ndarray, groups: Sequence[str]) -> np.ndarray:

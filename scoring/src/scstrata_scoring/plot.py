@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .glossary import label
+
 __all__ = ["DEFAULT_PLOT_METRICS", "plot_scores"]
 
 #: Metrics drawn when none are named, per task: the scores, not diagnostics or proxies.
@@ -63,12 +65,13 @@ def plot_scores(
 
     contexts = list(dict.fromkeys(rows["context"]))
     panels = [(m, c) for m in metrics for c in contexts]
-    n_cols = 1 if len(panels) == 1 else (3 if len(panels) % 3 == 0 else 2)
+    # At most two panels a row, wrapped, so that each stays readable in a report's width.
+    n_cols = 1 if len(panels) == 1 else 2
     n_rows = math.ceil(len(panels) / n_cols)
     fig, axes = plt.subplots(
         n_rows,
         n_cols,
-        figsize=(5.6 * n_cols + 2.0, 3.8 * n_rows + 0.6),
+        figsize=(6.0 * n_cols + 2.4, 4.2 * n_rows + 0.6),
         dpi=110,
         squeeze=False,
         layout="constrained",
@@ -79,11 +82,12 @@ def plot_scores(
         for ax, (name, context) in zip(axes.flat, panels):
             panel = rows[(rows["metric"] == name) & (rows["context"] == context)]
             _panel(ax, panel, name, colours)
-            ax.set_title(name if len(contexts) == 1 else f"{name} · {context}", fontsize=10)
+            heading = f"{label(name)} ({name})"
+            ax.set_title(heading if len(contexts) == 1 else f"{context}: {heading}", fontsize=11)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+        fig.legend(handles, labels, loc="outside right center", fontsize=9)
         fig.suptitle(title or "Score against depth (star = best layer; bands = 95% CI)")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +137,8 @@ def _panel(ax, rows: pd.DataFrame, metric: str, colours: dict) -> None:
         low, high = float(band["ci_low"].iloc[0]), float(band["ci_high"].iloc[0])
         if np.isfinite(low) and np.isfinite(high):
             ax.axhspan(low, high, color="gray", alpha=0.10, linewidth=0)
-    ax.set_xlabel("depth (layer / number of layers)")
-    ax.set_ylabel(metric)
+    ax.set_xlabel("depth (block / number of blocks; 0 = input embedding)")
+    ax.set_ylabel(label(metric))
     ax.set_xlim(-0.03, 1.03)
     ax.margins(y=0.12)  # room for the best-layer labels above the lines
     ax.grid(alpha=0.3)

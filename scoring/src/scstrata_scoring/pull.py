@@ -10,7 +10,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-__all__ = ["card_field", "model_card", "pull_layers"]
+__all__ = ["card_field", "card_get", "model_card", "pull_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,15 @@ def card_field(card: Any, field: str) -> Any:
     if isinstance(card, Mapping):
         return card[field]
     return getattr(card, field)
+
+
+def card_get(card: Any, field: str) -> Any:
+    """Like :func:`card_field`, but None for a field the card lacks (also among its extras)."""
+    try:
+        return card_field(card, field)
+    except (KeyError, AttributeError):
+        extra = getattr(card, "model_extra", None) or {}
+        return extra.get(field)
 
 
 def model_card(url: str, model: str) -> Any:
@@ -42,13 +51,17 @@ def pull_layers(
     layers: int | Sequence[int] | str = "all",
     pooling: str = "official",
     *,
+    options: Mapping[str, Any] | None = None,
+    genes: Sequence[str] | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
 ) -> dict[int, np.ndarray]:
     """Embeddings of ``adata``'s cells at ``layers`` of ``model``, via the service at ``url``.
 
     ``layers`` follows the service: an index, a list of indices (negatives count from the
-    end) or ``"all"``. Returns ``{layer index 0..L: array (n_cells, dim)}``, rows in obs order.
+    end) or ``"all"``. ``options`` are the request's model options (e.g.
+    ``{"final_norm": False}``) and ``genes`` the gene names of ``adata``'s columns (default
+    ``var_names``). Returns ``{layer index 0..L: array (n_cells, dim)}``, rows in obs order.
 
     Caching is the client's: each chunk's result is kept on disk under ``cache_dir`` (default
     ``$SCSTRATA_CACHE_DIR`` or ``~/.cache/scstrata``), keyed by the chunk's data, the model
@@ -57,5 +70,12 @@ def pull_layers(
     from scstrata_client import Client  # lazy: the client is optional for offline scoring
 
     with Client(url, cache=cache, cache_dir=cache_dir) as client:
-        result = client.embed(adata, model=model, layers=layers, pooling=pooling)
+        result = client.embed(
+            adata,
+            None if genes is None else list(genes),
+            model=model,
+            layers=layers,
+            pooling=pooling,
+            options=options,
+        )
     return {int(k): np.asarray(v) for k, v in result.items()}

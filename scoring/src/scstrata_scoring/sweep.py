@@ -7,7 +7,11 @@ layer and its paired-bootstrap gain over the final layer
 
 Conventions of the score table:
 
-* ``depth = layer / n_layers`` (0 = input embedding, 1 = last block);
+* ``depth = block / n_layers`` (0 = input embedding, 1 = last block), the block being the
+  layer itself, or ``layer + 1`` for layers numbered as the study did (``X_layer_i`` = block
+  ``i + 1``, :attr:`LayerSet.numbering`);
+* ``pooling``: how the layer's tokens were pooled into a cell embedding (empty for baselines);
+  ``recipe``: the scoring recipe (:mod:`.recipe`);
 * baselines are rows with ``model`` = ``"baseline:pca"`` or ``"baseline:expression"`` and
   ``layer`` / ``depth`` empty (NaN);
 * ``ci_low`` / ``ci_high``: 95 % percentile bootstrap interval (cells for the trajectory task,
@@ -43,6 +47,7 @@ from .perturbation import (
     rsa_score,
 )
 from .proxies import effective_rank, matrix_entropy
+from .recipe import Recipe, check_recipe
 from .resample import BootstrapDraws, bootstrap_indices, percentile_interval
 from .summary import summarise
 from .trajectory import trajectory_evidence, trajectory_reference, trajectory_statistics
@@ -54,8 +59,10 @@ logger = logging.getLogger(__name__)
 #: Columns of the tidy score table, in order.
 SCORE_COLUMNS = [
     "model",
+    "pooling",
     "layer",
     "depth",
+    "recipe",
     "task",
     "context",
     "metric",
@@ -68,15 +75,29 @@ SCORE_COLUMNS = [
 
 @dataclass(frozen=True)
 class LayerSet:
-    """One model's per-layer embeddings: ``{layer: (cells, dim)}`` and its block count."""
+    """One model's per-layer embeddings: ``{layer: (cells, dim)}`` and its block count.
+
+    ``pooling`` names how they were pooled (a column of the score table). ``numbering`` is
+    ``"scstrata"`` (layer k = block k, 0 = input embedding) or ``"study"`` (layer i = block
+    i + 1, as the study wrote ``X_layer_i``); depth is block / ``n_layers`` either way.
+    """
 
     model: str
     n_layers: int
     embeddings: Mapping[int, np.ndarray]
+    pooling: str = "official"
+    numbering: str = "scstrata"
 
     def __post_init__(self) -> None:
         if self.n_layers < 1:
             raise ValueError(f"{self.model}: n_layers must be >= 1, got {self.n_layers}")
+        if self.numbering not in ("scstrata", "study"):
+            raise ValueError(f"numbering must be 'scstrata' or 'study', got {self.numbering!r}")
+
+    def depth(self, layer: int) -> float:
+        """Depth of ``layer``: its block over ``n_layers`` (see the class docstring)."""
+        block = layer + 1 if self.numbering == "study" else layer
+        return block / self.n_layers
 
 
 @dataclass
@@ -92,6 +113,7 @@ class _Collector:
     """Rows of the score table, and the bootstrap draws behind them (for paired gains)."""
 
     task: str
+    recipe: str = "scstrata"
     rows: list[tuple] = field(default_factory=list)
     draws: dict[tuple, np.ndarray] = field(default_factory=dict)
 
@@ -99,7 +121,20 @@ class _Collector:
         low, high = percentile_interval(draws) if draws is not None else (np.nan, np.nan)
         layer = np.nan if rep.layer is None else rep.layer
         self.rows.append(
-            (rep.model, layer, rep.depth, self.task, context, metric, value, low, high, z)
+            (
+                rep.model,
+                rep.pooling,
+                layer,
+                rep.depth,
+                self.recipe,
+                self.task,
+                context,
+                metric,
+                value,
+                low,
+                high,
+                z,
+            )
         )
         if draws is not None:
             self.draws[(rep.model, rep.layer, context, metric)] = np.asarray(draws)
@@ -116,6 +151,7 @@ class _Rep:
     layer: int | None
     depth: float
     embedding: Any  # (cells, dim): dense, or sparse for the expression baseline
+    pooling: str = ""  # empty for baselines
 
 
 def score_trajectory(
@@ -133,6 +169,7 @@ def score_trajectory(
     k_alignment: int = 15,
     context: str = "all",
     progress: bool = True,
+    recipe: Recipe = "scstrata",
 ) -> SweepResult:
     """Trajectory scores of every layer of every model, and of the baselines.
 
@@ -144,7 +181,11 @@ def score_trajectory(
     seeded by ``seed``, shared by all rows.
 
     ``baseline:pca`` is the reference's own representation, so its ``dpt_spearman`` and
-    ``neighbourhood_overlap`` are 1 by construction (a ceiling, not a competitor).
+    ``neighbourhood_overlap`` are 1 by construction (a ceiling, not a competitor); under the
+    study recipe its overlap is just under 1 (a cell with cell 0 among its neighbours has
+    29 distinct entries in its padded table, not 30).
+
+    ``recipe`` (:mod:`.recipe`): ``"scstrata"`` or the study's ``"study"``.
     """
     reps = _layer_reps(layer_sets, adata.n_obs)
     ref = trajectory_reference(
@@ -154,6 +195,7 @@ def score_trajectory(
         n_pcs=n_pcs,
         n_neighbors=n_neighbors,
         k_overlap=k_overlap,
+        recipe=recipe,
     )
     if baselines:
         reps.append(_Rep(BASELINE_PCA, None, np.nan, ref.pca))
@@ -161,7 +203,7 @@ def score_trajectory(
             _Rep(BASELINE_EXPRESSION, None, np.nan, expression_matrix(log_normalise(adata)))
         )
     draws = BootstrapDraws(ref.n_cells, n_boot, (seed, 0))  # batched: memory bounded
-    out = _Collector("trajectory")
+    out = _Collector("trajectory", recipe)
     for rep in tqdm(reps, desc="trajectory", disable=not progress):
         evidence = trajectory_evidence(rep.embedding, ref, n_neighbors, k_alignment)
         full = trajectory_statistics(evidence, ref)
@@ -189,6 +231,7 @@ def score_perturbation(
     n_hvg: int = 2500,
     n_pcs: int = 50,
     progress: bool = True,
+    recipe: Recipe = "scstrata",
 ) -> SweepResult:
     """Perturbation RSA of every layer of every model and of the baselines, per state.
 
@@ -200,21 +243,29 @@ def score_perturbation(
     and the z-score against ``n_permutations`` label shuffles (``null_z``), plus its
     permutation p-value as metric ``rsa_p_value``, and the proxies. Permutations and
     resamples are seeded by ``seed`` and shared by every row of a context.
+
+    ``recipe="study"`` builds each reference as the study did (:mod:`.perturbation`): from
+    the file's own values (``adata.raw`` if present, else ``X``), not log-normalised.
     """
+    recipe = check_recipe(recipe)
     reps = _layer_reps(layer_sets, adata.n_obs)
     lognorm = log_normalise(adata)
+    profile_x, profile_genes = lognorm.X, lognorm.var_names
+    if recipe == "study":
+        source = adata.raw if adata.raw is not None else adata
+        profile_x, profile_genes = source.X, source.var_names
     if baselines:
         reps.append(_Rep(BASELINE_PCA, None, np.nan, _hvg_pca(lognorm, n_hvg, n_pcs)))
         # Kept sparse: only per-perturbation means are ever taken of it.
         reps.append(_Rep(BASELINE_EXPRESSION, None, np.nan, lognorm.X))
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     contexts = _contexts(adata, state_key)
-    out = _Collector("perturbation")
+    out = _Collector("perturbation", recipe)
     for i, (context, mask) in enumerate(contexts):
         lab = labels[mask]
         try:
             ref = perturbation_reference(
-                lognorm.X[mask], lab, control, lognorm.var_names, min_cells, n_top_genes
+                profile_x[mask], lab, control, profile_genes, min_cells, n_top_genes, recipe
             )
         except ValueError as err:
             logger.warning("perturbation: context %r skipped: %s", context, err)
@@ -262,7 +313,9 @@ def _layer_reps(layer_sets: Iterable[LayerSet], n_cells: int) -> list[_Rep]:
                     f"{layer_set.model} layer {layer}: embedding has shape {emb.shape}, "
                     f"expected ({n_cells}, dim) rows = cells of adata"
                 )
-            reps.append(_Rep(layer_set.model, layer, layer / layer_set.n_layers, emb))
+            reps.append(
+                _Rep(layer_set.model, layer, layer_set.depth(layer), emb, layer_set.pooling)
+            )
     return reps
 
 

@@ -20,6 +20,11 @@ penalty stays visible.
 Bootstrap intervals resample cells and recompute each score from per-cell quantities (the two
 pseudotimes, per-cell overlaps and label distances); the kNN graphs and DPT are computed once
 on all cells, since a resample with duplicated cells has no meaningful kNN graph.
+
+``recipe="study"`` (:mod:`.recipe`) reproduces the layer study instead: HVGs are chosen among
+all genes of the file (undetected ones included), cells unreachable in either pseudotime are
+left out of the two Spearman correlations, and the neighbourhood overlap compares scanpy's
+stored neighbours (29 for a 30-neighbour graph) padded with cell 0 to 30 slots.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from .neighbours import (
     sequential_alignment,
     sequential_alignment_distances,
 )
+from .recipe import Recipe, check_recipe, padded_neighbours, padded_overlap_per_cell
 from .resample import rowwise_spearman
 
 __all__ = [
@@ -132,6 +138,7 @@ class TrajectoryReference:
     pca: np.ndarray
     time: np.ndarray
     knn: np.ndarray
+    recipe: Recipe = "scstrata"
 
     @property
     def n_cells(self) -> int:
@@ -145,26 +152,33 @@ def trajectory_reference(
     n_pcs: int = 50,
     n_neighbors: int = 30,
     k_overlap: int = 30,
+    recipe: Recipe = "scstrata",
 ) -> TrajectoryReference:
     """The reference of the trajectory task for ``adata`` (raw counts in ``X``).
 
-    :func:`~scstrata_scoring.baselines.log_normalise` (10,000 counts per cell, ``log1p``,
-    detected genes), :func:`~scstrata_scoring.baselines.hvg_pca` (``n_top_genes`` HVGs of
-    flavour ``"seurat"``, ``n_pcs`` unscaled PCs), a kNN graph with ``n_neighbors``, a
-    diffusion map, and DPT from :func:`root_cell` of ``adata.obs[time_key]``. Every cell needs
-    a time label (drop the others first, as :func:`~scstrata_scoring.data.read_trajectory`
-    does).
+    :func:`~scstrata_scoring.baselines.log_normalise` (10,000 counts per cell, ``log1p``;
+    detected genes, or all genes under the study recipe),
+    :func:`~scstrata_scoring.baselines.hvg_pca` (``n_top_genes`` HVGs of flavour
+    ``"seurat"``, ``n_pcs`` unscaled PCs), a kNN graph with ``n_neighbors``, a diffusion map,
+    and DPT from :func:`root_cell` of ``adata.obs[time_key]``. Every cell needs a time label
+    (drop the others first, as :func:`~scstrata_scoring.data.read_trajectory` does).
     """
+    recipe = check_recipe(recipe)
     time = time_values(adata.obs[time_key])
     if np.isnan(time).any():
         raise ValueError(
             f"obs[{time_key!r}] is missing for {int(np.isnan(time).sum())} cells; drop them first"
         )
     root = root_cell(adata.obs[time_key])
-    pca = hvg_pca(log_normalise(adata), n_top_genes=n_top_genes, n_pcs=n_pcs)
+    lognorm = log_normalise(adata, drop_undetected=recipe == "scstrata")
+    pca = hvg_pca(lognorm, n_top_genes=n_top_genes, n_pcs=n_pcs)
     neighbours = nearest_neighbours(pca, max(n_neighbors - 1, k_overlap))
     pseudotime = _dpt(pca, root, n_neighbors, neighbours)
-    return TrajectoryReference(pseudotime, root, pca, time, neighbours.first(k_overlap))
+    if recipe == "study":
+        knn = padded_neighbours(neighbours.first(_stored(n_neighbors, pca)), k_overlap)
+    else:
+        knn = neighbours.first(k_overlap)
+    return TrajectoryReference(pseudotime, root, pca, time, knn, recipe)
 
 
 def reference_pseudotime(
@@ -227,16 +241,25 @@ def trajectory_evidence(
 ) -> TrajectoryEvidence:
     """DPT, kNN overlap and label distances of ``embedding`` against ``reference``.
 
-    One neighbour search serves all three (DPT's graph, the overlap, the alignment).
+    One neighbour search serves all three (DPT's graph, the overlap, the alignment). The
+    overlap follows the reference's recipe: exact neighbours, or (study) the padded tables of
+    the graphs the two pseudotimes were computed on (scanpy stores ``n_neighbors - 1``
+    neighbours of each cell).
     """
     emb = check_embedding(embedding)
     if emb.shape[0] != reference.n_cells:
         raise ValueError(f"embedding has {emb.shape[0]} cells, reference {reference.n_cells}")
     k_overlap = reference.knn.shape[1]
     nn = nearest_neighbours(emb, max(n_neighbors - 1, k_overlap, k_alignment))
+    pseudotime = _dpt(emb, reference.root, n_neighbors, nn)
+    if reference.recipe == "study":
+        table = padded_neighbours(nn.first(_stored(n_neighbors, emb)), k_overlap)
+        overlap = padded_overlap_per_cell(table, reference.knn, k_overlap)
+    else:
+        overlap = overlap_of_neighbours(nn.first(k_overlap), reference.knn)
     return TrajectoryEvidence(
-        pseudotime=_dpt(emb, reference.root, n_neighbors, nn),
-        overlap=overlap_of_neighbours(nn.first(k_overlap), reference.knn),
+        pseudotime=pseudotime,
+        overlap=overlap,
         alignment=label_distances(nn.first(k_alignment), reference.time),
     )
 
@@ -248,17 +271,24 @@ def trajectory_statistics(
 
     ``idx`` is ``(n_draws, n)``; ``None`` means all cells once. Each score is an array with one
     value per row. Definitions: see :data:`TRAJECTORY_METRICS` and the module docstring;
-    unreachable cells are ranked last (:func:`rank_unreachable_last`).
+    unreachable cells are ranked last (:func:`rank_unreachable_last`), or under the study
+    recipe left out of ``dpt_spearman`` and ``time_spearman`` (cells unreachable in either
+    pseudotime for the first, in the layer's for the second).
     """
     if idx is None:
         idx = np.arange(reference.n_cells)[None, :]
-    layer_pt = rank_unreachable_last(evidence.pseudotime)
-    ref_pt = rank_unreachable_last(reference.pseudotime)
+    if reference.recipe == "study":
+        layer_pt, ref_pt = evidence.pseudotime, reference.pseudotime
+        correlate = _finite_rowwise_spearman
+    else:
+        layer_pt = rank_unreachable_last(evidence.pseudotime)
+        ref_pt = rank_unreachable_last(reference.pseudotime)
+        correlate = rowwise_spearman
     d = evidence.alignment[idx].mean(axis=1)
     d_random = np.atleast_1d(random_label_distance(reference.time[idx]))
     return {
-        "dpt_spearman": rowwise_spearman(layer_pt[idx], ref_pt[idx]),
-        "time_spearman": rowwise_spearman(layer_pt[idx], reference.time[idx]),
+        "dpt_spearman": correlate(layer_pt[idx], ref_pt[idx]),
+        "time_spearman": correlate(layer_pt[idx], reference.time[idx]),
         "neighbourhood_overlap": evidence.overlap[idx].mean(axis=1),
         "sequential_alignment": alignment_score(d, d_random),
         "dpt_unreachable_fraction": (~np.isfinite(evidence.pseudotime))[idx].mean(axis=1),
@@ -320,6 +350,24 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if a.size < 3:
         return float("nan")
     return float(rowwise_spearman(a[None, :], b[None, :])[0])
+
+
+def _finite_rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`rowwise_spearman` of each row over the columns finite on both sides."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    if finite.all():
+        return rowwise_spearman(a, b)
+    out = np.full(a.shape[0], np.nan)
+    for row in range(a.shape[0]):
+        keep = finite[row]
+        if keep.sum() >= 3:
+            out[row] = rowwise_spearman(a[row, keep][None, :], b[row, keep][None, :])[0]
+    return out
+
+
+def _stored(n_neighbors: int, rep) -> int:
+    """How many other cells scanpy stores per cell for ``n_neighbors``: the cell counts."""
+    return min(n_neighbors, rep.shape[0] - 1) - 1
 
 
 def _dpt(rep, root: int, n_neighbors: int, neighbours: Neighbours | None = None) -> np.ndarray:

@@ -12,18 +12,22 @@ asked for; each item then gets back its own cells, layers and poolings, in its o
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from scstrata_service.backend import ModelBackend, PooledLayers, TokenizedCells
+from scstrata_service.backend import InputError, ModelBackend, PooledLayers, TokenizedCells
 from scstrata_service.metrics import observe_passes, record_request
+from scstrata_service.packing import AcceleratorOutOfMemory
 from scstrata_service.settings import SETTINGS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +39,8 @@ class EmbedJob:
     options: Mapping[str, object] = field(default_factory=dict)
     # the backend's tokens of ``counts``: done, on their way (tokenize_soon), or None (do it here)
     tokens: TokenizedCells | Future[TokenizedCells] | None = None
+    # False once nobody waits for the result (client gone, deadline passed): no forward pass
+    wanted: Callable[[], bool] = lambda: True
 
 
 @dataclass
@@ -43,15 +49,28 @@ class JobResult:
     unmapped_genes: list[str]
 
 
+@dataclass
+class JobFailure:
+    """Why one job has no result; the other jobs of its dispatch are not affected."""
+
+    status: int  # the HTTP status its request gets
+    message: str
+
+
 # Dispatches in flight at once (dispatch.py) take the accelerator in turn, each for all of its
 # passes: the next one waits ready while the previous one computes, and the previous one's
 # replies are written while the next one computes.
 _ACCELERATOR_TURN = threading.Lock()
 
 
-def run_jobs(jobs: Sequence[EmbedJob]) -> list[JobResult]:
-    """Results in job order; jobs for the same model share packed forward passes."""
-    results: list[JobResult | None] = [None] * len(jobs)
+def run_jobs(jobs: Sequence[EmbedJob]) -> list[JobResult | JobFailure]:
+    """Results in job order; jobs for the same model share packed forward passes.
+
+    A job that fails (its tokenizer, its forward pass, a non-finite embedding) gets a
+    :class:`JobFailure` and the others their results: a group whose pass fails is run again
+    one job at a time, to find the job that fails.
+    """
+    results: list[JobResult | JobFailure | None] = [None] * len(jobs)
     by_model: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         by_model.setdefault(id(job.backend), []).append(i)
@@ -68,35 +87,77 @@ def _run_model_jobs(
     backend: ModelBackend,
     jobs: Sequence[EmbedJob],
     members: list[int],
-    results: list[JobResult | None],
+    results: list[JobResult | JobFailure | None],
 ) -> int:
     """Embed ``jobs[members]`` (all for ``backend``) into ``results``; return the cell count."""
     wanted = [out for i in members for out in jobs[i].outputs]
     layers = sorted({k for _, ks in wanted for k in ks})
     poolings = sorted({p for p, _ in wanted})
+    failures: dict[int, JobFailure] = {}
     n_cells = 0
     with observe_passes(backend.card.name):
-        for group in tokenized_groups(backend, [jobs[i] for i in members]):
-            tokens = TokenizedCells.concat([t for _, t in group])
-            pooled = backend.embed(tokens, layers, poolings)
-            start = 0
-            for position, tok in group:
-                index = members[position]
-                results[index] = job_result(jobs[index], tok, pooled, start)
-                start += tok.n_cells
-            n_cells += start
+        for group in tokenized_groups(backend, [jobs[i] for i in members], failures):
+            for part, pooled in _forward(backend, group, layers, poolings):
+                start = 0
+                for position, tok in part:
+                    job = jobs[members[position]]
+                    if isinstance(pooled, JobFailure):
+                        failures[position] = pooled
+                        continue
+                    result = job_result(job, tok, pooled, start)
+                    start += tok.n_cells
+                    if isinstance(result, JobFailure):
+                        failures[position] = result
+                    else:
+                        results[members[position]] = result
+                        n_cells += tok.n_cells
+    for position, failure in failures.items():
+        results[members[position]] = failure
     return n_cells
+
+
+def _forward(
+    backend: ModelBackend,
+    group: list[tuple[int, TokenizedCells]],
+    layers: list[int],
+    poolings: list[str],
+) -> Iterator[tuple[list[tuple[int, TokenizedCells]], PooledLayers | JobFailure]]:
+    """The group's pooled layers; if its pass fails, each job's own pass (or failure)."""
+    try:
+        tokens = TokenizedCells.concat([t for _, t in group])
+        yield group, backend.embed(tokens, layers, poolings)
+        return
+    except AcceleratorOutOfMemory as err:  # already split down to single cells
+        yield group, JobFailure(503, f"busy: {err}")
+        return
+    except Exception:
+        if len(group) == 1:
+            log.exception("the forward pass of one request failed")
+            yield group, JobFailure(500, "internal: the forward pass failed for this request")
+            return
+    for one in group:
+        yield from _forward(backend, [one], layers, poolings)
 
 
 def job_result(
     job: EmbedJob, tokens: TokenizedCells, pooled: PooledLayers, start: int
-) -> JobResult:
-    """The job's own rows (``start`` onwards in its group) of each output it asked for."""
+) -> JobResult | JobFailure:
+    """The job's own rows (``start`` onwards in its group) of each output it asked for; a
+    failure if any is NaN or infinite (never returned, docs/api.md)."""
     stop = start + tokens.n_cells
-    return JobResult(
-        outputs=[{k: pooled[p][k][start:stop] for k in ks} for p, ks in job.outputs],
-        unmapped_genes=tokens.unmapped_genes,
-    )
+    outputs = [{k: pooled[p][k][start:stop] for k in ks} for p, ks in job.outputs]
+    for (pooling, _), rows in zip(job.outputs, outputs):
+        for k, array in rows.items():
+            finite = np.isfinite(array).all(axis=1)
+            if not finite.all():
+                cells = np.flatnonzero(~finite)[:20].tolist()
+                return JobFailure(
+                    500,
+                    f"internal: the model gave a non-finite embedding (NaN or infinity) at "
+                    f"layer {k}, pooling {pooling!r}, for cells {cells} of this request; "
+                    "nothing was returned",
+                )
+    return JobResult(outputs=outputs, unmapped_genes=tokens.unmapped_genes)
 
 
 _TOKENIZER_POOL = ThreadPoolExecutor(
@@ -127,18 +188,33 @@ def _pending_tokens(backend: ModelBackend, job: EmbedJob) -> Future[TokenizedCel
 
 
 def tokenized_groups(
-    backend: ModelBackend, jobs: Sequence[EmbedJob]
+    backend: ModelBackend,
+    jobs: Sequence[EmbedJob],
+    failures: dict[int, JobFailure] | None = None,
 ) -> Iterator[list[tuple[int, TokenizedCells]]]:
     """``(position, tokens)`` of consecutive jobs, grouped once a group holds the backend's token
     budget (one group when it has none); jobs not yet tokenized are tokenized ahead, on the
-    shared pool."""
+    shared pool. Jobs no longer wanted, or whose tokenizer fails, go into ``failures``."""
     budget = getattr(backend, "max_tokens", None) or float("inf")
     futures = [_pending_tokens(backend, job) for job in jobs]
+    failures = {} if failures is None else failures
     try:
         group: list[tuple[int, TokenizedCells]] = []
         size = 0
-        for position, future in enumerate(futures):
-            tokens = future.result()
+        for position, (job, future) in enumerate(zip(jobs, futures)):
+            if not job.wanted():
+                future.cancel()
+                failures[position] = JobFailure(503, DROPPED)
+                continue
+            try:
+                tokens = future.result()
+            except InputError as err:
+                failures[position] = JobFailure(400, str(err))
+                continue
+            except Exception:
+                log.exception("tokenizing one request failed")
+                failures[position] = JobFailure(500, "internal: tokenizing this request failed")
+                continue
             group.append((position, tokens))
             size += int(tokens.offsets[-1])
             if size >= budget:
@@ -149,3 +225,9 @@ def tokenized_groups(
     finally:
         for future in futures:  # a failed dispatch: tokens nobody will use
             future.cancel()
+
+
+DROPPED = (
+    "dropped: the request's deadline (SCSTRATA_REQUEST_TIMEOUT_S) passed, or its client left, "
+    "before its forward pass"
+)

@@ -2,30 +2,34 @@
 
 ``POST /embed`` is itself the adaptive-batching endpoint over a list of request items
 (serving-notes.md: a batchable API takes one parameter, and internal calls to another
-batchable method or service fail under load). ``GET /models`` lists the model cards.
+batchable method or service fail under load). A request reaches it admitted: the middleware
+reads the body and :func:`admit_body` (admission.py) parses and checks it on a worker thread;
+BentoML then batches the items' tickets, :meth:`Embedder.embed` runs them, and each item's
+reply, made here off the event loop, is written once by the middleware. ``GET /models``
+lists the model cards.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import bentoml
 import numpy as np
 import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
-from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from scstrata_service.admission import BACKLOG, Admission, Admitted, Reply, admit, admitted
 from scstrata_service.dispatch import allow_overlapping_dispatches
-from scstrata_service.engine import EmbedJob, JobResult, run_jobs
+from scstrata_service.engine import JobFailure, JobResult, run_jobs
 from scstrata_service.metrics import record_worker
-from scstrata_service.middleware import ScstrataMiddleware
-from scstrata_service.packing import AcceleratorOutOfMemory
+from scstrata_service.middleware import NPZ_MEDIA_TYPE, ScstrataMiddleware
 from scstrata_service.registry import Registry, active, set_active, specs_from_env
-from scstrata_service.schemas import MAX_LISTED, EmbedItem, EmbedResult, LayerRows
+from scstrata_service.schemas import MAX_LISTED, EmbedResult, LayerRows, TicketItem
 from scstrata_service.settings import SETTINGS
 from scstrata_service.workers import bentoml_resources, current_placement, place_this_worker
 
@@ -83,58 +87,90 @@ class Embedder:
                 placement.device,
             )
 
+    def __is_ready__(self) -> bool:
+        """Not ready while the backlog of admitted work is at its bound (new requests get 503)."""
+        return not BACKLOG.full
+
     @bentoml.api(
         batchable=True,
         max_batch_size=SETTINGS.max_batch_items,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    def embed(self, items: list[EmbedItem]) -> list[EmbedResult]:
-        jobs = [
-            EmbedJob(
-                backend=self.registry.get(item.model),
-                counts=item.counts,
-                genes=item.gene_names,
-                outputs=item.outputs,
-                options=item.options,
-                tokens=item.tokens,
-            )
-            for item in items
-        ]
-        try:
-            results = run_jobs(jobs)
-        except AcceleratorOutOfMemory as err:
-            raise ServiceUnavailable(str(err)) from None
-        return [self._result(item, result) for item, result in zip(items, results)]
+    def embed(self, items: list[TicketItem]) -> list[EmbedResult]:
+        # Replies travel through the items' tickets (admission.py); BentoML's own reply holds
+        # placeholders, which the middleware does not send.
+        found = [_admitted(item.ticket) for item in items]
+        live = [a for a in found if a is not None]
+        for item, result in zip(live, run_jobs([a.job for a in live])):
+            item.reply = reply_for(item, result)
+        return [_placeholder(item) for item in items]
 
-    def _result(self, item: EmbedItem, result: JobResult) -> EmbedResult:
-        card = self.registry.get(item.model).card
-        main, *extra = result.outputs
-        common = dict(
-            model=item.model,
-            pooling=item.pooling,
-            n_cells=item.counts.shape[0],
-            dim=card.poolings[item.pooling],
-            n_unmapped_genes=len(result.unmapped_genes),
-            unmapped_genes=result.unmapped_genes[:MAX_LISTED],
-        )
-        if item.format == "npz":
-            return EmbedResult(**common, npz=encode_npz(result))
-        return EmbedResult(
-            **common,
-            layers=as_json_rows(main),
-            extra_outputs=[
-                LayerRows(pooling=pooling, dim=card.poolings[pooling], layers=as_json_rows(rows))
-                for (pooling, _), rows in zip(item.outputs[1:], extra)
-            ],
-        )
+
+def _admitted(ticket: str | None) -> Admitted | None:
+    try:
+        return admitted(ticket or "")
+    except KeyError:  # its request is gone already (the client left)
+        return None
+
+
+def _placeholder(item: TicketItem) -> EmbedResult:
+    return EmbedResult(
+        model=item.model,
+        pooling=item.pooling,
+        n_cells=0,
+        dim=0,
+        n_unmapped_genes=0,
+        unmapped_genes=[],
+    )
+
+
+def admit_body(body: bytes, accept_npz: bool) -> Admission:
+    """Admission of one request body against the served models (called by the middleware)."""
+    return admit(body, active(), accept_npz)
+
+
+def reply_for(item: Admitted, result: JobResult | JobFailure) -> Reply:
+    """One item's reply: its JSON result, its raw .npz, or its failure."""
+    if isinstance(result, JobFailure):
+        headers = {"retry-after": str(SETTINGS.retry_after_s)} if result.status == 503 else {}
+        body = {
+            "error": result.message,
+            "detail": [{"loc": ["items"], "msg": result.message, "type": "error"}],
+        }
+        return Reply(result.status, "application/json", json.dumps(body).encode(), headers)
+    spec, card = item.item, item.card
+    main, *extra = result.outputs
+    common = dict(
+        model=spec.model,
+        pooling=spec.pooling,
+        n_cells=item.n_cells,
+        dim=card.poolings[spec.pooling],
+        n_unmapped_genes=len(result.unmapped_genes),
+        unmapped_genes=result.unmapped_genes[:MAX_LISTED],
+    )
+    if spec.format == "npz":
+        raw = encode_npz(result)
+        if item.raw_npz:
+            return Reply(200, NPZ_MEDIA_TYPE, raw)
+        wrapped = EmbedResult(**common, npz=pybase64.b64encode(raw).decode("ascii"))
+        return Reply(200, "application/json", wrapped.model_dump_json().encode())
+    reply = EmbedResult(
+        **common,
+        layers=as_json_rows(main),
+        extra_outputs=[
+            LayerRows(pooling=pooling, dim=card.poolings[pooling], layers=as_json_rows(rows))
+            for (pooling, _), rows in zip(item.job.outputs[1:], extra)
+        ],
+    )
+    return Reply(200, "application/json", reply.model_dump_json().encode())
 
 
 def as_json_rows(layers: dict[int, np.ndarray]) -> dict[str, list[list[float]]]:
     return {str(k): rows.tolist() for k, rows in layers.items()}
 
 
-def encode_npz(result: JobResult) -> str:
-    """All outputs as one base64 .npz (members named in docs/api.md)."""
+def encode_npz(result: JobResult) -> bytes:
+    """All outputs as one .npz (members named in docs/api.md)."""
     arrays: dict[str, np.ndarray] = {}
     main, *extra = result.outputs
     arrays.update({f"layer_{k}": rows for k, rows in main.items()})
@@ -144,9 +180,7 @@ def encode_npz(result: JobResult) -> str:
     arrays["n_unmapped_genes"] = np.array(len(result.unmapped_genes), dtype=np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return pybase64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
-Embedder.add_asgi_middleware(
-    ScstrataMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes
-)
+Embedder.add_asgi_middleware(ScstrataMiddleware, settings=SETTINGS, admit=admit_body)

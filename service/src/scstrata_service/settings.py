@@ -45,10 +45,19 @@ def _token() -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    max_cells_per_request: int  # SCSTRATA_MAX_CELLS
+    max_cells_per_request: int  # SCSTRATA_MAX_CELLS: cells per request, all items together
+    max_tokens_per_request: int  # SCSTRATA_MAX_REQUEST_TOKENS: expressed genes summed, per request
     max_genes_per_request: int  # SCSTRATA_MAX_GENES
     max_outputs_per_request: int  # SCSTRATA_MAX_OUTPUTS: (layers, pooling) sets per request
-    max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size
+    max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size (and what uploads unpack to)
+    max_queued_cells: int  # SCSTRATA_MAX_QUEUED_CELLS: admitted, unanswered cells; beyond: 503
+    max_queued_tokens: int  # SCSTRATA_MAX_QUEUED_TOKENS: the same bound in tokens
+    retry_after_s: int  # SCSTRATA_RETRY_AFTER_S: the Retry-After of a 503 (busy) or 429
+    request_timeout_s: float  # SCSTRATA_REQUEST_TIMEOUT_S: no forward pass starts after this
+    read_timeout_s: float  # SCSTRATA_READ_TIMEOUT_S: the longest wait for body bytes (408)
+    auth_failures_per_minute: int  # SCSTRATA_AUTH_FAILURES: wrong tokens per client, then 429
+    admit_threads: int  # SCSTRATA_ADMIT_THREADS: request bodies parsed and checked at once
+    parse_in_process_bytes: int  # bodies this large are parsed in a process of their own
     max_batch_items: int  # SCSTRATA_MAX_BATCH_ITEMS: requests merged into one dispatch
     dispatches: int  # SCSTRATA_DISPATCHES: dispatches in flight at once (BentoML alone: 1)
     max_latency_ms: int  # SCSTRATA_MAX_LATENCY_MS: BentoML sheds load (503) above this
@@ -68,9 +77,20 @@ class Settings:
         gpus = 0 if device is not None and device.startswith("cpu") else visible_gpus()
         return cls(
             max_cells_per_request=_int("SCSTRATA_MAX_CELLS", 20_000),
+            max_tokens_per_request=_int("SCSTRATA_MAX_REQUEST_TOKENS", 20_000_000),
             max_genes_per_request=_int("SCSTRATA_MAX_GENES", 100_000),
             max_outputs_per_request=_int("SCSTRATA_MAX_OUTPUTS", 8),
-            max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 512) * 1024 * 1024,
+            # 32 MiB: a 256-cell chunk (the client's default) of 5,000 expressed genes per cell
+            # is ~15 MB as JSON lists, ~14 MB as cells_npz (512 MiB bodies cost 14 GiB before)
+            max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 32) * 1024 * 1024,
+            max_queued_cells=_int("SCSTRATA_MAX_QUEUED_CELLS", 100_000),
+            max_queued_tokens=_int("SCSTRATA_MAX_QUEUED_TOKENS", 80_000_000),
+            retry_after_s=_int("SCSTRATA_RETRY_AFTER_S", 5),
+            request_timeout_s=float(os.environ.get("SCSTRATA_REQUEST_TIMEOUT_S", 600)),
+            read_timeout_s=float(os.environ.get("SCSTRATA_READ_TIMEOUT_S", 30)),
+            auth_failures_per_minute=_int("SCSTRATA_AUTH_FAILURES", 10),
+            admit_threads=_int("SCSTRATA_ADMIT_THREADS", 4),
+            parse_in_process_bytes=_int("SCSTRATA_PARSE_APART_KB", 1024) * 1024,
             max_batch_items=_int("SCSTRATA_MAX_BATCH_ITEMS", 64),
             dispatches=_int("SCSTRATA_DISPATCHES", 2),
             max_latency_ms=_int("SCSTRATA_MAX_LATENCY_MS", 600_000),

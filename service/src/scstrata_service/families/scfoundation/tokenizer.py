@@ -21,6 +21,7 @@ from scstrata_service.gene_mapping import GeneColumns, mapped_totals, to_model_g
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
 MAX_LISTED = 20
+MAX_TGTHIGHRES = 1e3
 
 
 class ScFoundationOptions(BaseModel):
@@ -49,6 +50,11 @@ class ScFoundationOptions(BaseModel):
         if not TGTHIGHRES.match(parsed.tgthighres):
             raise InputError(
                 f"options.tgthighres: {parsed.tgthighres!r} is not t<k>, f<k> or a<k> (e.g. 't4')"
+            )
+        if float(parsed.tgthighres[1:]) > MAX_TGTHIGHRES:  # beyond it the embeddings are NaN
+            raise InputError(
+                f"options.tgthighres: k must be at most {MAX_TGTHIGHRES:g}; send t<k>, f<k> "
+                "or a<k> with a small k (e.g. 't4')"
             )
         return parsed
 

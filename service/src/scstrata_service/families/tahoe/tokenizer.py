@@ -51,7 +51,7 @@ class TahoeOptions(BaseModel):
         "values (same cell, same subset, whatever the batch or column order); 'top' = the "
         "most expressed genes (ties: lower vocabulary index first)",
     )
-    seed: int = Field(default=0, ge=0, description="seed of the 'random' subsample")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="seed of the 'random' subsample")
 
     @classmethod
     def parse(cls, options: Mapping[str, object]) -> TahoeOptions:
