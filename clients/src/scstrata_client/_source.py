@@ -23,10 +23,11 @@ from ._protocol import canonical_csr
 
 
 class InMemoryRows:
-    """Rows of a matrix already in memory (canonicalised once, sliced per chunk)."""
+    """Rows of a matrix already in memory, made canonical a chunk at a time (a canonical copy
+    of the whole input would cost its size again)."""
 
     def __init__(self, cells: sp.csr_matrix, genes: list[str]):
-        self.cells = canonical_csr(cells)
+        self.cells = cells
         self.genes = genes
 
     @property
@@ -38,10 +39,12 @@ class InMemoryRows:
         return self.cells.indptr
 
     def nnz(self, start: int, stop: int) -> int | None:
+        # Stored entries: duplicates and explicit zeros (dropped when sent) count, which only
+        # matters to the choice of transport near its threshold.
         return int(self.cells.indptr[stop] - self.cells.indptr[start])
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return self.cells[start:stop]
+        return canonical_csr(self.cells[start:stop])
 
 
 class LazyRows:
