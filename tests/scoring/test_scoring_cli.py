@@ -91,15 +91,15 @@ def test_trajectory_subcommand_against_the_real_service(tmp_path, gene_tsv, caps
     report = (out / "report.html").read_text()
     assert "Random weights." in report and "demo (random) weights" in report
     assert "best layer" in capsys.readouterr().out
-    cached = sorted((tmp_path / "cache").rglob("*.npy"))
-    assert len(cached) == 4  # the client's chunk cache: one chunk x 4 layers
+    cached = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(cached) == 1  # the client's chunk cache: one chunk, its 4 layers in one file
 
     # A rerun reads the embedding cache (the model card still comes from the service) and,
     # being seeded, reproduces the table exactly.
     rerun = tmp_path / "rerun"
     argv[argv.index(str(out))] = str(rerun)
     assert main(argv) == 0
-    assert sorted((tmp_path / "cache").rglob("*.npy")) == cached  # nothing recomputed
+    assert sorted((tmp_path / "cache").rglob("*.npz")) == cached  # nothing recomputed
     pd.testing.assert_frame_equal(pd.read_csv(rerun / "scores.csv"), df)
 
 
@@ -152,7 +152,7 @@ def _service_run(tmp_path, service_url, data, out, *extra):
 
 
 def test_obsm_scoring_equals_scoring_the_arrays_pulled_through_the_client(
-    tmp_path, gene_tsv, service_url
+    tmp_path, gene_tsv, service_url, capsys
 ):
     from scstrata_client import Client
 
@@ -174,6 +174,19 @@ def test_obsm_scoring_equals_scoring_the_arrays_pulled_through_the_client(
     pd.testing.assert_frame_equal(from_obsm, pulled)  # same arrays, same scores, no service
     report = (out / "report.html").read_text()
     assert "adata.obsm of the data file: X_scf_layer0, X_scf_layer1" in report
+
+    # The same layers streamed into the client's zarr store score the same too.
+    with Client(service_url, cache=False) as client:
+        client.embed(ad.read_h5ad(data), model="scf", layers="all", out=tmp_path / "l.zarr")
+    out = tmp_path / "store"
+    argv = ["trajectory", "--data", str(data), "--store", str(tmp_path / "l.zarr")]
+    assert main([*argv, "--out", str(out), "--n-boot", "20"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "scores.csv"), pulled)
+    other = tmp_path / "other.h5ad"
+    main(["simulate", "--genes", str(gene_tsv), "--out", str(other), "--n-cells", "140"])
+    argv[2] = str(other)
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2  # a store of other cells
+    assert "holds embeddings of other cells than --data" in capsys.readouterr().err
 
 
 def test_both_recipes_run_from_the_cli_on_the_simulated_screen(tmp_path, gene_tsv):
@@ -263,7 +276,7 @@ def test_report_provenance_holds_data_model_and_run_fields(tmp_path, gene_tsv, s
         (["--obsm", "X_nothing*"], "--obsm: no obsm key matches 'X_nothing*'"),
         (["--obsm", "X_layer*", "--gene-column", "symbol"], "--gene-column: adata.var has no"),
         (["--counts-layer", "raw"], "no layer 'raw'"),
-        ([], "--url and --model are required unless --obsm"),
+        ([], "--url and --model are required unless --obsm or --store"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(tmp_path, gene_tsv, capsys, extra, message):
@@ -285,3 +298,27 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, gene_tsv, capsys, e
 def test_cli_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         main(["trajectory", "--data", str(tmp_path / "x.h5ad"), "--out", "o", "--debug"])
+
+
+def test_study_recipe_against_the_real_service(tmp_path, gene_tsv, service_url, capsys):
+    from scstrata_scoring.pull import card_get, model_card
+
+    data = tmp_path / "sim.h5ad"
+    main(["simulate", "--genes", str(gene_tsv), "--out", str(data), "--n-cells", "90"])
+    out = tmp_path / "study"
+    argv = ["trajectory", "--url", service_url, "--model", "scf", "--data", str(data)]
+    argv += ["--recipe", "study", "--out", str(out), "--n-boot", "10", "--no-baselines"]
+    code = main([*argv, "--cache", str(tmp_path / "cache")])
+    card = model_card(service_url, "scf")
+    if card_get(card, "final_norm") is None:
+        # A service whose cards cannot say whether layer L is normed: a plain refusal.
+        assert code == 2
+        assert "no 'final_norm' field" in capsys.readouterr().err
+        return
+    assert code == 0
+    df = pd.read_csv(out / "scores.csv")
+    assert set(df["pooling"]) == {"S"} and set(df["recipe"]) == {"study"}
+    n_layers = card_get(card, "n_layers")
+    assert sorted(df["layer"].unique()) == list(range(n_layers))  # X_layer_i = block i + 1
+    np.testing.assert_allclose(df["depth"], (df["layer"] + 1) / n_layers)
+    assert "final_norm" in (out / "report.html").read_text()

@@ -114,6 +114,10 @@ def test_report_says_plainly_when_every_layer_is_below_the_baselines(tmp_path):
     text = write_report(scores, tmp_path, summary=summary).read_text()
     assert "Every layer scores below baseline:pca and baseline:expression." in text
     assert "Best layer minus baseline:expression (0.900): -0.731" in text
+    summary.loc[0, ["vs_baseline_ci_low", "vs_baseline_ci_high"]] = [-0.9, 0.1]
+    assert "-0.731, 95% CI [-0.900, +0.100] (the interval includes 0: no clear difference)." in (
+        summary_line(summary.iloc[0].to_dict())
+    )
     assert 'class="below"' in text
     # The final score (0.05) is positive but near 0: the gain is given, not a percentage.
     assert "+0.119" in text and "no percentage: the final score is below 0.1" in text

@@ -252,10 +252,10 @@ def test_pull_layers_returns_integer_layers_and_reuses_the_client_cache(
     layers = pull_layers(service_url, "scf", cells, "all", pooling="S", cache_dir=tmp_path)
     assert sorted(layers) == [0, 1, 2, 3]
     assert all(v.shape == (20, 32) for v in layers.values())
-    stored = sorted(tmp_path.rglob("*.npy"))
-    assert len(stored) == 4  # one chunk x four layers
+    stored = sorted(tmp_path.rglob("*.npz"))
+    assert len(stored) == 1  # one chunk, its four layers in one file
     again = pull_layers(service_url, "scf", cells, "all", pooling="S", cache_dir=tmp_path)
-    assert sorted(tmp_path.rglob("*.npy")) == stored  # served from the cache, nothing added
+    assert sorted(tmp_path.rglob("*.npz")) == stored  # served from the cache, nothing added
     for k in layers:
         np.testing.assert_array_equal(again[k], layers[k])
 

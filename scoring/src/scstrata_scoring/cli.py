@@ -32,7 +32,15 @@ from .simulate import simulate_trajectory
 from .simulate_perturbation import simulate_perturbation
 from .sweep import LayerSet, SweepResult, score_perturbation, score_trajectory
 
-__all__ = ["Loaded", "load_embeddings", "main", "obsm_layer_set", "parse_layers", "read_genes"]
+__all__ = [
+    "Loaded",
+    "load_embeddings",
+    "main",
+    "obsm_layer_set",
+    "parse_layers",
+    "read_genes",
+    "store_layer_set",
+]
 
 
 def read_genes(path: str | Path) -> list[str]:
@@ -108,8 +116,13 @@ def load_embeddings(args: argparse.Namespace, adata: ad.AnnData) -> Loaded:
     From ``adata.obsm`` when ``--obsm`` is given (:func:`obsm_layer_set`), else pulled from
     the service at ``--url`` for each ``--model`` (:func:`~scstrata_scoring.pull.pull_layers`)
     with the request of ``--recipe`` (:func:`~scstrata_scoring.recipe.service_request`).
+    A zarr store the client wrote (``--store``, :func:`store_layer_set`) is a third source.
     This is the one place embeddings enter a sweep: a new source goes here.
     """
+    if args.obsm and args.store:
+        raise ValueError("--obsm and --store are two sources of embeddings: give one")
+    if args.store:
+        return store_layer_set(args, adata)
     if args.obsm:
         layer_set = obsm_layer_set(
             adata,
@@ -131,7 +144,7 @@ def load_embeddings(args: argparse.Namespace, adata: ad.AnnData) -> Loaded:
             },
         )
     if not args.url or not args.model:
-        raise ValueError("--url and --model are required unless --obsm names embeddings")
+        raise ValueError("--url and --model are required unless --obsm or --store is given")
     layer_sets, notes, models = [], list(args.note or []), {}
     for model in dict.fromkeys(args.model):
         card = model_card(args.url, model)
@@ -170,6 +183,50 @@ def load_embeddings(args: argparse.Namespace, adata: ad.AnnData) -> Loaded:
         )
     provenance = {"service": args.url, "models": models}
     return Loaded(layer_sets, notes, provenance)
+
+
+def store_layer_set(args: argparse.Namespace, adata: ad.AnnData) -> Loaded:
+    """The layers of a zarr store written by ``Client.embed(..., out=PATH)``.
+
+    ``--model`` and ``--pooling`` pick the job when the store holds several. Its rows must be
+    the cells of ``--data`` in order: the store's input digest (gene names, shape, non-zeros
+    per row) is checked against the data as read. Depth = layer / ``--n-layers`` (default:
+    the deepest layer in the store).
+    """
+    from scstrata_client.store import digest_structure, read_store  # lazy: optional source
+
+    store = read_store(args.store, args.model[0] if args.model else None, args.pooling)
+    spec = store.spec
+    x = adata.layers[args.counts_layer] if args.counts_layer else adata.X
+    genes = _genes(adata, args.gene_column) or list(adata.var_names)
+    indptr = sparse.csr_matrix(x).indptr if sparse.issparse(x) else None
+    if digest_structure(genes, adata.n_obs, indptr) != spec.input.data_digest:
+        raise ValueError(
+            f"--store: {args.store} holds embeddings of other cells than --data "
+            f"({spec.input.n_cells} cells x {spec.input.n_genes} genes; the data as read has "
+            f"{adata.n_obs} x {adata.n_vars}): score the file the store was written from"
+        )
+    embeddings = {k: store.to_numpy(k) for k in store.layers}
+    n_layers = args.n_layers or max(embeddings)
+    if n_layers < 1:
+        raise ValueError("--store: the only layer stored is 0; give --n-layers for its depth")
+    layer_set = LayerSet(spec.model, n_layers, embeddings, spec.pooling)
+    return Loaded(
+        [layer_set],
+        list(args.note or []),
+        {
+            "embeddings": f"zarr store {Path(args.store).resolve()}",
+            "models": {
+                spec.model: {
+                    "checkpoint digest": spec.checkpoint_digest or "none given",
+                    "card digest": spec.card_digest,
+                    "pooling": spec.pooling,
+                    "options": spec.options or "none",
+                    "layers": _ranges(sorted(embeddings)),
+                }
+            },
+        },
+    )
 
 
 def obsm_layer_set(
@@ -355,9 +412,14 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "the layer is the last number in each key",
     )
     source.add_argument(
+        "--store",
+        metavar="PATH",
+        help="score the layers of a zarr store the client wrote (Client.embed(..., out=PATH))",
+    )
+    source.add_argument(
         "--n-layers",
         type=int,
-        help="with --obsm: blocks of the model, for depth = layer / N (default: deepest found)",
+        help="with --obsm/--store: blocks of the model, depth = layer / N (default: deepest)",
     )
     source.add_argument(
         "--layer-numbering",

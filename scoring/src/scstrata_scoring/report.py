@@ -1,11 +1,12 @@
 """A self-contained HTML report of a layer sweep, written to be read by someone new to it.
 
-It opens with one headline per model and context: the best layer, how it compares with the
-baselines (said plainly when every layer is below one), and its gain over the final layer in
-the score's own units with its interval (a percentage only over a final score that is
-positive and not near 0). Then the run's notes, the plot, one sentence per metric on what it
-measures and its range, the baselines, the proxies, every score, and the provenance: which
-data, cells, genes, model card, pooling, layers, recipe, versions and seeds.
+It opens with the run's notes (such as "random weights"), then one headline per model and
+context: the best layer, how it compares with the baselines (said plainly when every layer is
+below one), and its gain over the final layer in the score's own units with its interval (a
+percentage only over a final score that is positive and not near 0). Then the plot, one
+sentence per metric on what it measures and its range, the baselines, the proxies, every
+score, and the provenance: which data, cells, genes, model card, pooling, layers, recipe,
+versions and seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
 th { background: #f3f3f3; }
 .headline li { margin-bottom: 0.6em; }
 .below { color: #8a0000; }
+.notes { background: #fff4e0; border-left: 4px solid #d08000; padding: 0.5em 2em; }
 .notes li { color: #8a4b00; }
 .muted { color: #666; font-size: 0.9em; }
 dl.metrics dt { font-weight: bold; margin-top: 0.4em; }
@@ -64,7 +66,7 @@ def write_report(
     title: str = "Layer scores",
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html``: headlines, notes, plot, metrics, tables, provenance.
+    """Write ``out_dir/report.html``: notes, headlines, plot, metrics, tables, provenance.
 
     ``df`` is a sweep's score table and ``summary`` its summary
     (:class:`~scstrata_scoring.sweep.SweepResult`); without ``summary`` one is computed from
@@ -92,18 +94,18 @@ def write_report(
         f"<title>scstrata: {html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>What this run says</h2>",
-        _headlines_html(summary, tasks),
     ]
     if notes:
-        parts.append('<h2>Notes</h2><ul class="notes">')
+        # First: a note such as "random weights" changes how everything below reads.
+        parts.append('<ul class="notes">')
         parts.extend(f"<li>{html.escape(line)}</li>" for line in notes)
         parts.append("</ul>")
+    parts += ["<h2>What this run says</h2>", _headlines_html(summary, tasks)]
     parts.append(f'<img alt="score against depth" src="data:image/png;base64,{image}">')
     parts.append("<h2>What the scores measure</h2>")
     parts.append(_metrics_html(df, recipes))
     parts.append("<h2>Baselines</h2>")
-    parts.append(_baselines_html(df, tasks))
+    parts.append(_baselines_html(df, tasks, recipes))
     parts.append("<h2>Label-free proxies</h2>")
     parts.append(_proxies_html(summary))
     parts.append("<h2>All scores</h2>")
@@ -147,10 +149,14 @@ def _baseline_sentence(best: Mapping[str, Any]) -> str:
     name = best.get("baseline")
     if not name or not isinstance(name, str):
         return ""
+    low, high = best.get("vs_baseline_ci_low"), best.get("vs_baseline_ci_high")
     versus = (
         f" Best layer minus {name} ({best['baseline_score']:.3f}): {best['vs_baseline']:+.3f}"
-        f"{_interval(best.get('vs_baseline_ci_low'), best.get('vs_baseline_ci_high'))}."
+        f"{_interval(low, high)}"
     )
+    if _finite(low) and _finite(high) and low <= 0.0 <= high:
+        versus += " (the interval includes 0: no clear difference)"
+    versus += "."
     if not below:
         return " It is above every baseline." + versus
     text = f" Every layer scores below {' and '.join(below)}."
@@ -229,7 +235,7 @@ def _metrics_html(df: pd.DataFrame, recipes: list[str]) -> str:
     return '<dl class="metrics">' + "".join(items) + "</dl>"
 
 
-def _baselines_html(df: pd.DataFrame, tasks: list[str]) -> str:
+def _baselines_html(df: pd.DataFrame, tasks: list[str], recipes: list[str]) -> str:
     rows = df[df["model"].astype(str).str.startswith("baseline:")]
     rows = rows[~rows["metric"].isin(["effective_rank", "matrix_entropy"])]
     if rows.empty:
@@ -245,10 +251,11 @@ def _baselines_html(df: pd.DataFrame, tasks: list[str]) -> str:
         "expression itself."
     ]
     if "trajectory" in tasks:
+        padded = " (the study recipe's padded overlap just under 1)" if "study" in recipes else ""
         notes.append(
             "The reference pseudotime and neighbours are computed on baseline:pca itself, so "
-            "its pseudotime agreement and neighbourhood overlap are 1 by construction (the "
-            "study recipe's padded overlap just under 1): a ceiling, not a competitor."
+            f"its pseudotime agreement and neighbourhood overlap are 1 by construction{padded}: "
+            "a ceiling, not a competitor."
         )
     if "perturbation" in tasks:
         notes.append(
