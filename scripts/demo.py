@@ -9,7 +9,7 @@
    (`scstrata-score trajectory`);
 5. write the report and stop the service.
 
-    python scripts/demo.py [--family scfoundation|tahoe|geneformer] [--out demo-output]
+    python scripts/demo.py [--family scfoundation|tahoe|geneformer|scgpt] [--out demo-output]
 """
 
 from __future__ import annotations

@@ -64,6 +64,10 @@ def test_dispatches_overlap_but_take_the_accelerator_in_turn(
     monkeypatch.setattr(service, "run_jobs", dispatches)
     monkeypatch.setattr(PackedBackend, "embed", lambda self, *args: passes(self, *args))
     with TestClient(service.Embedder.to_asgi()) as client, ThreadPoolExecutor(16) as pool:
+        for _ in range(300):  # the models load in the background (startup.py)
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
         replies = list(pool.map(lambda it: client.post("/embed", json={"items": [it]}), items))
 
     assert [r.status_code for r in replies] == [200] * len(items)

@@ -95,6 +95,11 @@ class ModelBackend(abc.ABC):
     def known_genes(self) -> list[str]:
         """The gene names the model's vocabulary maps (symbols or Ensembl ids, per card)."""
 
+    def gene_columns(self, genes: Sequence[str]) -> np.ndarray:
+        """The model's gene index per name, -1 where it has none (coverage.py)."""
+        index = {gene: i for i, gene in enumerate(self.known_genes())}
+        return np.array([index.get(gene, -1) for gene in genes], dtype=np.int64)
+
     @abc.abstractmethod
     def check_input(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping[str, object]

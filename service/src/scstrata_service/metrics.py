@@ -21,6 +21,17 @@ WORKER = bentoml.metrics.Gauge(
     labelnames=["worker", "device"],
     multiprocess_mode="liveall",  # a worker that exits leaves the list
 )
+# The queue: what admission holds (admitted, not yet answered), summed over live workers
+QUEUED_CELLS = bentoml.metrics.Gauge(
+    name="scstrata_queued_cells",
+    documentation="cells admitted and not yet answered (waiting for or in a forward pass)",
+    multiprocess_mode="livesum",
+)
+QUEUED_TOKENS = bentoml.metrics.Gauge(
+    name="scstrata_queued_tokens",
+    documentation="tokens of the queued cells (the backlog bound is on both)",
+    multiprocess_mode="livesum",
+)
 PASSES = bentoml.metrics.Counter(
     name="scstrata_forward_passes", documentation="encoder forward passes", labelnames=["model"]
 )
@@ -69,6 +80,11 @@ def observe_passes(model: str) -> Iterator[None]:
 
 def record_worker(worker: int, device: str) -> None:
     WORKER.labels(worker=str(worker), device=device).set(1)
+
+
+def record_backlog(cells: int, tokens: int) -> None:
+    QUEUED_CELLS.set(cells)
+    QUEUED_TOKENS.set(tokens)
 
 
 def record_request(model: str, n_cells: int, seconds: float) -> None:

@@ -100,6 +100,9 @@ class PackedBackend(ModelBackend):
     ) -> TokenizedCells:
         return self.tokenizer.tokenize(counts, genes, options)
 
+    def gene_columns(self, genes: Sequence[str]) -> np.ndarray:
+        return self.tokenizer.map_genes(genes)[0]  # the tokenizer's own (remembered) lookup
+
     def embed(
         self, cells: TokenizedCells, layers: Sequence[int], poolings: Sequence[str]
     ) -> PooledLayers:

@@ -26,11 +26,18 @@ def _load_tahoe(name: str, path: Path, **kwargs: object) -> ModelBackend:
     return TahoeBackend.load(name, path, **kwargs)
 
 
+def _load_scgpt(name: str, path: Path, **kwargs: object) -> ModelBackend:
+    from scstrata_service.families.scgpt.backend import ScGPTBackend
+
+    return ScGPTBackend.load(name, path, **kwargs)
+
+
 # family name -> loader(name, checkpoint path, **settings)
 FAMILIES: dict[str, Callable[..., ModelBackend]] = {
     "scfoundation": _load_scfoundation,
     "geneformer": _load_geneformer,
     "tahoe": _load_tahoe,
+    "scgpt": _load_scgpt,
 }
 
 
@@ -60,6 +67,15 @@ def fabricate(
         from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint as gf
 
         gf(folder, hidden=hidden, n_layers=depth, heads=heads, n_genes=4000, seed=seed)
+    elif family == "scgpt":
+        from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint as scgpt
+
+        scgpt(folder, hidden=hidden, n_layers=depth, n_heads=heads, n_genes=4000, seed=seed)
     else:
         raise ValueError(f"family: unknown {family!r}; known: {sorted(FAMILIES)}")
+    # safetensors writes 0600: the container's user (another uid, over a read-only mount)
+    # could not read the demo weights
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(file.stat().st_mode | 0o444)
     return folder
