@@ -2,9 +2,17 @@
 #   docker build -t scstrata .
 #   docker run --gpus all -p 3000:3000 -v /srv/models:/models:ro scstrata
 # /models/models.yaml names the checkpoints (README: "Deploying on a GPU host").
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+#
+# One CUDA, not two: torch's CUDA 13 wheels bring the CUDA runtime, cuBLAS, cuDNN and NCCL as
+# nvidia-* wheels, and onnxruntime-gpu 1.31 is built for the same CUDA 13 and uses them once
+# torch has loaded them; an nvidia/cuda base image would add a second copy (~3 GB) that
+# nothing loads. The host needs only the NVIDIA driver (>= R580 for CUDA 13) and the NVIDIA
+# Container Toolkit, which mounts the driver's libcuda into the container.
+FROM ubuntu:24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     BENTOML_DO_NOT_TRACK=true \
@@ -38,7 +46,11 @@ USER 10001
 VOLUME ["/models"]
 EXPOSE 3000
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+# A model that cannot load stops the container at once (exit 1), so the start period only
+# has to cover a good load: compiling the blocks takes 7-10 s on an H200 (bench/RESULTS.md),
+# reading a 3B checkpoint from a local disk an estimated minute more; 180 s leaves room.
+# /readyz is polled every 5 s meanwhile, so a ready container is seen as healthy early.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --start-interval=5s --retries=3 \
     CMD ["curl", "-fsS", "http://127.0.0.1:3000/readyz"]
 
 ENTRYPOINT ["scstrata", "serve", "--host", "0.0.0.0", "--port", "3000"]

@@ -29,5 +29,8 @@ lint: install
 bench: install
 	$(PY) bench/spine.py
 
+# Inside the project, plus the client's result cache in the home folder (only that folder:
+# a custom $$SCSTRATA_CACHE_DIR is the user's to remove).
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	test -z "$(HOME)" || rm -rf "$(HOME)/.cache/scstrata"

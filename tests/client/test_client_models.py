@@ -1,5 +1,3 @@
-import sys
-
 import pytest
 
 from scstrata_client import Client, ModelCard
@@ -33,15 +31,13 @@ def test_model_card_names_the_known_poolings_for_an_unknown_one():
         card.dim("cls")
 
 
-def test_progress_bar_defaults_to_terminal_and_several_chunks(monkeypatch):
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+def test_progress_bar_defaults_to_tqdms_rule_for_several_chunks():
+    """None lets tqdm.auto decide: a bar on a terminal, a widget in a notebook (issue 17)."""
     with Client("http://svc") as auto, Client("http://svc", progress=False) as off:
-        assert auto._show_progress(2) is True
+        assert auto._show_progress(2) is None
         assert auto._show_progress(1) is False
         assert off._show_progress(5) is False
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    with Client("http://svc") as auto, Client("http://svc", progress=True) as on:
-        assert auto._show_progress(5) is False
+    with Client("http://svc", progress=True) as on:
         assert on._show_progress(1) is True
 
 

@@ -146,7 +146,9 @@ def writes(folder: Path, store_name: str) -> Counter:
 def checkpoint(tmp_path_factory):
     from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 
-    return fabricate_checkpoint(tmp_path_factory.mktemp("scf-dask"), hidden=16, depth=2, heads=2)
+    return fabricate_checkpoint(
+        tmp_path_factory.mktemp("scf-dask"), hidden=16, n_layers=2, n_heads=2
+    )
 
 
 @pytest.fixture(scope="module")

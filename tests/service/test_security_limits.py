@@ -48,6 +48,14 @@ def status_of(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 0
 
 
+def same_worker_throughout(checkpoint, env: dict):
+    """A server of the tiny checkpoint with ``env``, whose PIDs must not change."""
+    with running_service([f"scf=scfoundation:{checkpoint.parent}"], env=env) as url:
+        pids = server_pids(url)
+        yield url
+        assert server_pids(url) == pids
+
+
 @pytest.fixture(scope="module")
 def limited_url(tiny_checkpoint):
     env = {
@@ -57,10 +65,7 @@ def limited_url(tiny_checkpoint):
         "SCSTRATA_READ_TIMEOUT_S": "2",
         "SCSTRATA_MAX_QUEUED_CELLS": "4",
     }
-    with running_service([f"scf=scfoundation:{tiny_checkpoint.parent}"], env=env) as url:
-        pids = server_pids(url)
-        yield url
-        assert server_pids(url) == pids
+    yield from same_worker_throughout(tiny_checkpoint, env)
 
 
 def test_cells_are_counted_over_all_items_of_a_request(limited_url, vocabulary):
@@ -154,10 +159,7 @@ def guarded_url(tiny_checkpoint):
         "SCSTRATA_AUTH_FAILURES": "5",
         "SCSTRATA_REQUEST_TIMEOUT_S": "0",
     }
-    with running_service([f"scf=scfoundation:{tiny_checkpoint.parent}"], env=env) as url:
-        pids = server_pids(url)
-        yield url
-        assert server_pids(url) == pids
+    yield from same_worker_throughout(tiny_checkpoint, env)
 
 
 def test_a_non_ascii_authorization_header_is_a_401_at_once(guarded_url):

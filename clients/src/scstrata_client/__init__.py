@@ -26,6 +26,7 @@ from .exceptions import (
     ServiceUnavailable,
     TransportError,
     Unauthorized,
+    UnmappedGenesWarning,
 )
 from .models import ModelCard
 
@@ -41,6 +42,7 @@ __all__ = [
     "ServiceUnavailable",
     "TransportError",
     "Unauthorized",
+    "UnmappedGenesWarning",
     "__version__",
     "obsm_key",
 ]

@@ -22,9 +22,12 @@ OFFICIAL_POOLING = "official"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
-def obsm_key(model: str, layer: int, pooling: str = OFFICIAL_POOLING) -> str:
-    """``X_<model>_layer<k>``, with ``_<pooling>`` appended for a non-default pooling."""
-    key = f"X_{model}_layer{int(layer)}"
+def obsm_key(
+    model: str, layer: int, pooling: str = OFFICIAL_POOLING, key_added: str | None = None
+) -> str:
+    """``X_<model>_layer<k>`` (``<key_added>_layer<k>`` when given, as scanpy's
+    ``key_added``), with ``_<pooling>`` appended for a non-default pooling."""
+    key = f"{key_added or f'X_{model}'}_layer{int(layer)}"
     if pooling != OFFICIAL_POOLING:
         key = f"{key}_{pooling}"
     return _UNSAFE.sub("_", key)
@@ -41,6 +44,7 @@ def write_embeddings(
     n_layers: int | None = None,
     n_unmapped_genes: int | None = None,
     checkpoint_digest: str | None = None,
+    key_added: str | None = None,
 ) -> list[str]:
     """Store each layer in ``adata.obsm`` and its provenance in ``adata.uns["scstrata"]``.
 
@@ -59,7 +63,7 @@ def write_embeddings(
 
     keys = []
     for layer, array in sorted(layers.items()):
-        key = obsm_key(model, layer, pooling)
+        key = obsm_key(model, layer, pooling, key_added)
         adata.obsm[key] = array
         record: dict[str, Any] = {
             "url": url,

@@ -16,6 +16,7 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
+from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
@@ -101,9 +102,13 @@ class AsyncClient(ClientBase):
         options: Mapping[str, Any] | None = None,
         write_to: AnnData | None = None,
         out: str | os.PathLike[str] | None = None,
+        counts_layer: str | None = None,
+        gene_column: str | None = None,
+        key_added: str | None = None,
     ) -> dict[int, np.ndarray] | EmbeddingStore:
         """See :meth:`Client.embed`."""
         self._check_out(out, write_to)
+        X, genes = select_counts(X, genes, counts_layer, gene_column)
         job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
         if out is not None:
             written = await asyncio.to_thread(job.open_store, out)
@@ -114,7 +119,7 @@ class AsyncClient(ClientBase):
             return job.store
         result = {k: array async for k, array in self._run(job)}
         self._report(job)
-        self._write(write_to, job, result)
+        self._write(write_to, job, result, key_added)
         return result
 
     async def layer(

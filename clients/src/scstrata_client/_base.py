@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -24,7 +24,7 @@ from ._protocol import _is_int, rejects_cells_npz, rejects_npz
 from ._replicas import Replica, ReplicaSet, RunReport, parse_urls
 from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
-from .exceptions import ProtocolError, ServiceError
+from .exceptions import ProtocolError, ServiceError, UnmappedGenesWarning
 from .models import ModelCard
 
 if TYPE_CHECKING:
@@ -244,16 +244,19 @@ class ClientBase:
 
     # -- progress ------------------------------------------------------------------------------
 
-    def _show_progress(self, n_chunks: int) -> bool:
+    def _show_progress(self, n_chunks: int) -> bool | None:
+        """True/False as asked; by default (None) tqdm's own rule decides when more than one
+        request is needed: a bar on a terminal, a widget in a notebook (whose stderr is no
+        terminal), nothing in a log file."""
         if self.progress is not None:
             return self.progress
-        return n_chunks > 1 and sys.stderr.isatty()
+        return None if n_chunks > 1 else False
 
     def _bar(self, job: EmbedJob, n_tasks: int, cached_cells: int) -> tqdm:
         return tqdm(
             total=job.n_cells,
             initial=cached_cells,
-            disable=not self._show_progress(n_tasks),
+            disable=_tqdm_disable(self._show_progress(n_tasks)),
             unit="cell",
             unit_scale=True,
             desc=f"{job.model} ({n_tasks} chunk{'s' if n_tasks != 1 else ''})",
@@ -262,17 +265,24 @@ class ClientBase:
     # -- results -------------------------------------------------------------------------------
 
     def _report(self, job: EmbedJob) -> None:
+        """Warn (Python ``warnings``) when genes were dropped: the model saw less of each cell.
+        Too few to embed at all is the server's 400 (``min_mapped_fraction``)."""
         if job.n_unmapped_genes:
-            logger.info(
-                "%s: %d of %d genes are not in the model's vocabulary (e.g. %s)",
-                job.model,
-                job.n_unmapped_genes,
-                len(job.genes),
-                ", ".join(job.unmapped_genes[:5]),
+            warnings.warn(
+                f"{job.model}: {job.n_unmapped_genes} of {len(job.genes)} genes "
+                f"({job.n_unmapped_genes / max(len(job.genes), 1):.1%}) are not in the model's "
+                f"vocabulary and were dropped (e.g. {', '.join(job.unmapped_genes[:5])}); "
+                "their counts did not reach the model",
+                UnmappedGenesWarning,
+                stacklevel=4,
             )
 
     def _write(
-        self, write_to: AnnData | None, job: EmbedJob, layers: Mapping[int, np.ndarray]
+        self,
+        write_to: AnnData | None,
+        job: EmbedJob,
+        layers: Mapping[int, np.ndarray],
+        key_added: str | None = None,
     ) -> None:
         if write_to is None or not layers:
             return
@@ -291,4 +301,9 @@ class ClientBase:
             n_layers=n_layers,
             n_unmapped_genes=job.n_unmapped_genes,
             checkpoint_digest=job.card.checkpoint_digest if job.card is not None else None,
+            key_added=key_added,
         )
+
+
+def _tqdm_disable(show: bool | None) -> bool | None:
+    return None if show is None else not show

@@ -16,6 +16,7 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, Cancelled, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
+from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
@@ -128,6 +129,9 @@ class Client(ClientBase):
         options: Mapping[str, Any] | None = None,
         write_to: AnnData | None = None,
         out: str | os.PathLike[str] | None = None,
+        counts_layer: str | None = None,
+        gene_column: str | None = None,
+        key_added: str | None = None,
     ) -> dict[int, np.ndarray] | EmbeddingStore:
         """Embed cells with ``model``; return ``{layer index: float32 array (cells x dim)}``,
         or with ``out``, the ``EmbeddingStore`` the layers were streamed into.
@@ -152,12 +156,17 @@ class Client(ClientBase):
                 many cells there are. Rerun with the same arguments to resume: only chunks the
                 store does not hold are sent. A store written for another model card, options,
                 layers, pooling, chunk size or input raises ``StoreMismatch``.
+            counts_layer: with an AnnData, counts from ``adata.layers[counts_layer]``, not X.
+            gene_column: with an AnnData, gene names from ``adata.var[gene_column]``.
+            key_added: the obsm key stem for ``write_to`` (``<key_added>_layer<k>``), as
+                scanpy's ``key_added``; default ``X_<model>``.
 
         Cells are sent ``chunk_size`` at a time, ``max_concurrency`` chunks at once, and
         reassembled in input order; results already in the cache are not asked for again.
         A reply with a missing or extra cell or layer raises ``ProtocolError``.
         """
         self._check_out(out, write_to)
+        X, genes = select_counts(X, genes, counts_layer, gene_column)
         job = self._prepare(X, genes, model, layers, pooling, options, write_to)
         if out is not None:
             written = job.open_store(out)
@@ -168,7 +177,7 @@ class Client(ClientBase):
             return job.store
         result = dict(self._run(job))
         self._report(job)
-        self._write(write_to, job, result)
+        self._write(write_to, job, result, key_added)
         return result
 
     def layer(

@@ -89,3 +89,31 @@ def chunk_ranges(n_rows: int, chunk_size: int) -> list[tuple[int, int]]:
     if n_rows < 0:
         raise ValueError(f"n_rows: must be non-negative, got {n_rows}")
     return [(start, min(start + chunk_size, n_rows)) for start in range(0, n_rows, chunk_size)]
+
+
+def select_counts(
+    X: Any,
+    genes: Sequence[str] | None,
+    counts_layer: str | None = None,
+    gene_column: str | None = None,
+) -> tuple[Any, Sequence[str] | None]:
+    """``X`` and ``genes`` with scanpy's choices applied: counts from
+    ``adata.layers[counts_layer]``, gene names from ``adata.var[gene_column]``."""
+    if counts_layer is None and gene_column is None:
+        return X, genes
+    if not is_anndata(X):
+        raise TypeError("counts_layer and gene_column need X to be an AnnData")
+    adata = X
+    if gene_column is not None:
+        if gene_column not in adata.var.columns:
+            known = ", ".join(map(str, adata.var.columns)) or "none"
+            raise ValueError(f"gene_column: adata.var has no column {gene_column!r} (has: {known})")
+        genes = [str(g) for g in adata.var[gene_column]]
+    elif genes is None:
+        genes = [str(g) for g in adata.var_names]
+    if counts_layer is not None:
+        if counts_layer not in adata.layers:
+            known = ", ".join(adata.layers.keys()) or "none"
+            raise ValueError(f"counts_layer: no layer {counts_layer!r} (has: {known})")
+        return adata.layers[counts_layer], genes
+    return adata.X, genes

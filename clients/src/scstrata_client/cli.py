@@ -8,10 +8,12 @@ over to it untouched when it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    embed.add_argument("--debug", action="store_true", help="show the traceback of an error")
     dask = embed.add_argument_group(
         "on a Dask cluster (pip install 'scstrata-client[dask]'; -o is then a .zarr store)"
     )
@@ -122,8 +125,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from ._client import Client
 
     if args.scheduler or args.in_process:
@@ -135,7 +136,7 @@ def _embed(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"scstrata embed: {path}: no such file", file=sys.stderr)
         return 2
-    adata = ad.read_h5ad(path)
+    adata = _read_h5ad(path)
     X = adata.X
     if args.counts_layer is not None:
         if args.counts_layer not in adata.layers:
@@ -184,6 +185,20 @@ def _embed(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _read_h5ad(path: Path) -> Any:
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except OSError as err:  # h5py: not an HDF5 file at all (a CSV, a .loom, a truncated file)
+        convert = (
+            f"python -c \"import anndata.io; anndata.io.read_csv('{path}').write_h5ad('"
+            f"{path.with_suffix('.h5ad')}')\" (cells as rows, genes as columns)"
+        )
+        hint = f"; convert it first: {convert}" if path.suffix.lower() in (".csv", ".tsv") else ""
+        raise ValueError(f"{path}: not an h5ad file ({err}){hint}") from err
 
 
 def _embed_on_dask(args: argparse.Namespace) -> int:
@@ -250,6 +265,18 @@ def _delegate(argv: Sequence[str]) -> int:
     return int(service_main(list(argv)) or 0)
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """A warning (e.g. genes the model does not know) is one line on stderr, not a source
+    dump; restored afterwards (tests call main() in their own process)."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"scstrata embed: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVICE_COMMANDS:
@@ -257,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="scstrata: %(message)s")
     try:
-        return _embed(args)
+        with _one_line_warnings():
+            return _embed(args)
     except KeyboardInterrupt:
         print(
             "scstrata embed: interrupted; chunks already embedded are cached, "
@@ -265,12 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except ScstrataError as err:
+    except (ScstrataError, ValueError, TypeError) as err:
+        if args.debug:
+            raise
         print(f"scstrata embed: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError) as err:
-        print(f"scstrata embed: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, ScstrataError) else 2
 
 
 if __name__ == "__main__":

@@ -101,3 +101,7 @@ class Unauthorized(InvalidRequest):
 
 class ServiceUnavailable(ServiceError):
     """A 503 or 429 reply that persisted through every retry: the service is overloaded."""
+
+
+class UnmappedGenesWarning(UserWarning):
+    """Some genes of a request are not in the model's vocabulary; their counts were dropped."""

@@ -24,9 +24,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from scstrata_service.backend import InputError, ModelBackend, ModelCard
+from scstrata_service import coverage
+from scstrata_service.contract import MAX_LISTED, InputError, ModelBackend, ModelCard
 from scstrata_service.engine import EmbedJob, tokenize_soon
 from scstrata_service.layers import LayerError, resolve_layers
+from scstrata_service.metrics import record_backlog
 from scstrata_service.registry import Registry
 from scstrata_service.schemas import (
     EmbedItem,
@@ -38,8 +40,6 @@ from scstrata_service.schemas import (
 )
 from scstrata_service.settings import SETTINGS, Settings
 from scstrata_service.uploads import CellsSource, H5adCells, JsonCells, NpzCells, SizeExceeded
-
-MAX_LISTED = 50
 
 
 def busy(message: str, settings: Settings = SETTINGS) -> Refused:
@@ -69,6 +69,7 @@ class Admitted:
     abandoned: threading.Event = field(default_factory=threading.Event)
     reply: Reply | None = None  # set by the service once the item is done or has failed
     raw_npz: bool = False  # its npz result goes out as the raw .npz (Accept: application/x-npz)
+    reached: coverage.Coverage | None = None  # what of its genes and counts reached the model
 
     def wanted(self) -> bool:
         return not self.abandoned.is_set() and time.monotonic() < self.deadline
@@ -95,11 +96,13 @@ class Backlog:
                 )
             self.cells += cells
             self.tokens += tokens
+            record_backlog(self.cells, self.tokens)
 
     def release(self, cells: int, tokens: int) -> None:
         with self._lock:
             self.cells -= cells
             self.tokens -= tokens
+            record_backlog(self.cells, self.tokens)
 
     @property
     def full(self) -> bool:
@@ -333,6 +336,9 @@ def _admit_item(index: int, sized: _Sized, settings: Settings) -> Admitted:
         counts, file_genes = sized.source.read()
         genes = sized.genes if sized.genes is not None else file_genes
         _check_genes(genes, counts.shape[1])
+        # first: names the model does not know explain the family's own refusals below
+        reached = coverage.measure(counts, sized.backend.gene_columns(genes))
+        coverage.check(reached, genes, sized.backend.card, sized.item.min_mapped_fraction)
         sized.backend.check_input(counts, genes, sized.item.options)
     options = sized.item.options
     job = EmbedJob(
@@ -352,6 +358,7 @@ def _admit_item(index: int, sized: _Sized, settings: Settings) -> Admitted:
         n_cells=counts.shape[0],
         n_tokens=int(counts.nnz),
         deadline=time.monotonic() + settings.request_timeout_s,
+        reached=reached,
     )
     job.wanted = admitted_item.wanted
     return admitted_item

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
+from scstrata_service.families import FAMILIES
 from scstrata_service.registry import MODELS_ENV, ModelSpec, load_config, specs_to_env
+from scstrata_service.startup import DEBUG_ENV
 from scstrata_service.workers import WORKERS_ENV, parse_workers
 
 
@@ -17,7 +21,11 @@ def _serve(args: argparse.Namespace) -> int:
         specs += [ModelSpec.parse(text) for text in args.model or []]
         if not specs:
             raise ValueError("name at least one model: --model NAME=FAMILY:PATH or --config")
+        if not args.debug:
+            _check_port(args.host, args.port)
     except ValueError as err:
+        if args.debug:
+            raise
         print(f"scstrata serve: {err}", file=sys.stderr)
         return 2
     env = dict(os.environ)
@@ -35,6 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             env[var] = str(value)
+    if args.debug:
+        env[DEBUG_ENV] = "1"  # a model that fails to load logs its traceback
     command = [
         sys.executable,
         "-m",
@@ -52,6 +62,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line when the address is taken (BentoML's own error is a long traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as the server binds: a port left in TIME_WAIT by a stopped server is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"--port {port}: {host}:{port} is already in use (another scstrata serve?); "
+                    f"stop that process or pick another port, e.g. --port {port + 1}"
+                ) from None
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({err})") from None
+
+
 def _workers(text: str) -> str:
     try:
         parse_workers(text, gpus=0)
@@ -67,8 +94,8 @@ def _fabricate(args: argparse.Namespace) -> int:
         args.family,
         Path(args.out),
         hidden=args.hidden,
-        depth=args.depth,
-        heads=args.heads,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
         seed=args.seed,
     )
     print(f"wrote a {args.family} checkpoint to {folder} (RANDOM DEMO WEIGHTS, official layout)")
@@ -112,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         help="require 'Authorization: Bearer <token in file>' (or set SCSTRATA_TOKEN)",
     )
     serve.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks: of a model that fails to load, and BentoML's own start-up errors",
+    )
+    serve.add_argument(
         "--workers",
         type=_workers,
         help="worker processes: a number, or auto (default): one per GPU, each pinned to its "
@@ -120,15 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
 
     fab = sub.add_parser(
-        "fabricate", help="write a small scFoundation-layout checkpoint with RANDOM demo weights"
+        "fabricate",
+        help="write a small checkpoint in a family's published layout with RANDOM demo weights",
     )
-    fab.add_argument(
-        "--family", default="scfoundation", choices=["scfoundation", "tahoe", "geneformer", "scgpt"]
-    )
+    fab.add_argument("--family", default="scfoundation", choices=sorted(FAMILIES))
     fab.add_argument("--out", required=True, help="folder to write the checkpoint into")
-    fab.add_argument("--hidden", type=int, default=64)
-    fab.add_argument("--depth", type=int, default=6)
-    fab.add_argument("--heads", type=int, default=4)
+    fab.add_argument("--hidden", type=int, default=64, help="hidden size")
+    fab.add_argument("--n-layers", "--depth", type=int, default=6, help="transformer blocks")
+    fab.add_argument("--n-heads", "--heads", type=int, default=4, help="attention heads")
     fab.add_argument("--seed", type=int, default=0)
     fab.set_defaults(run=_fabricate)
 

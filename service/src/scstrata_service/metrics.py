@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import bentoml
 
-from scstrata_service import packing
+from scstrata_service.runtime import batching
 from scstrata_service.workers import worker_index
 
 # Counters are summed over BentoML's workers unless a label tells them apart: cells carry the
@@ -20,6 +20,17 @@ WORKER = bentoml.metrics.Gauge(
     documentation="1 for each live service worker, labelled with its index and device",
     labelnames=["worker", "device"],
     multiprocess_mode="liveall",  # a worker that exits leaves the list
+)
+# The queue: what admission holds (admitted, not yet answered), summed over live workers
+QUEUED_CELLS = bentoml.metrics.Gauge(
+    name="scstrata_queued_cells",
+    documentation="cells admitted and not yet answered (waiting for or in a forward pass)",
+    multiprocess_mode="livesum",
+)
+QUEUED_TOKENS = bentoml.metrics.Gauge(
+    name="scstrata_queued_tokens",
+    documentation="tokens of the queued cells (the backlog bound is on both)",
+    multiprocess_mode="livesum",
 )
 PASSES = bentoml.metrics.Counter(
     name="scstrata_forward_passes", documentation="encoder forward passes", labelnames=["model"]
@@ -60,15 +71,20 @@ def observe_passes(model: str) -> Iterator[None]:
         PASS_TOKENS.labels(model=model).observe(n_tokens)
         PADDING.labels(model=model).observe(1 - n_tokens / max(padded_slots, 1))
 
-    token = packing.pass_observer.set(record)
+    token = batching.pass_observer.set(record)
     try:
         yield
     finally:
-        packing.pass_observer.reset(token)
+        batching.pass_observer.reset(token)
 
 
 def record_worker(worker: int, device: str) -> None:
     WORKER.labels(worker=str(worker), device=device).set(1)
+
+
+def record_backlog(cells: int, tokens: int) -> None:
+    QUEUED_CELLS.set(cells)
+    QUEUED_TOKENS.set(tokens)
 
 
 def record_request(model: str, n_cells: int, seconds: float) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from scstrata_service.backend import ModelBackend, ModelCard
-from scstrata_service.families import FAMILIES
+from scstrata_service.contract import ModelBackend, ModelCard
+from scstrata_service.families import FAMILIES, load
 
 MODELS_ENV = "SCSTRATA_MODELS"
 
@@ -64,8 +64,7 @@ def load_config(path: Path) -> list[ModelSpec]:
                 f"--config {path}: models[{i}] needs name, family, path (and optional "
                 f"settings); got {sorted(entry)}"
             )
-        spec = ModelSpec.parse(f"{entry['name']}={entry['family']}:{entry['path']}")
-        specs.append(ModelSpec(spec.name, spec.family, spec.path, dict(entry.get("settings", {}))))
+        specs.append(_spec_from_entry(entry))
     return specs
 
 
@@ -81,7 +80,7 @@ class Registry:
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         backends = {
-            s.name: FAMILIES[s.family](s.name, Path(s.path), **{**settings, **s.settings})
+            s.name: load(s.family, s.name, Path(s.path), **{**settings, **s.settings})
             for s in specs
         }
         for backend in backends.values():
@@ -104,14 +103,39 @@ def specs_to_env(specs: list[ModelSpec]) -> str:
     return json.dumps([asdict(s) for s in specs])
 
 
+MODELS_ENV_EXAMPLE = '[{"name": "scf", "family": "scfoundation", "path": "/models/scf"}]'
+
+
 def specs_from_env() -> list[ModelSpec]:
-    raw = os.environ.get(MODELS_ENV)
+    """The models named in ``SCSTRATA_MODELS``: a JSON list of ``{name, family, path,
+    settings}`` objects (what `scstrata serve` writes), or ``--model`` specs
+    (``NAME=FAMILY:PATH``) separated by spaces."""
+    raw = os.environ.get(MODELS_ENV, "").strip()
     if not raw:
-        raise RuntimeError(
+        raise ValueError(
             f"no models configured: start with `scstrata serve --model NAME=FAMILY:PATH` "
-            f"(or set {MODELS_ENV})"
+            f"(or set {MODELS_ENV}, e.g. {MODELS_ENV}='{MODELS_ENV_EXAMPLE}')"
         )
-    return [ModelSpec(**entry) for entry in json.loads(raw)]
+    if not raw.startswith("["):
+        return [ModelSpec.parse(text) for text in raw.split()]
+    try:
+        entries = json.loads(raw)
+        specs = [_spec_from_entry(entry) for entry in entries]
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{MODELS_ENV}: expected a JSON list of {{name, family, path}} objects or "
+            f"NAME=FAMILY:PATH specs, e.g. {MODELS_ENV}='{MODELS_ENV_EXAMPLE}' ({err})"
+        ) from None
+    if not specs:
+        raise ValueError(f"{MODELS_ENV}: the list is empty; name at least one model")
+    return specs
+
+
+def _spec_from_entry(entry: object) -> ModelSpec:
+    if not isinstance(entry, dict) or not {"name", "family", "path"} <= set(entry):
+        raise ValueError(f"each entry needs name, family and path; got {entry!r}")
+    spec = ModelSpec.parse(f"{entry['name']}={entry['family']}:{entry['path']}")
+    return ModelSpec(spec.name, spec.family, spec.path, dict(entry.get("settings") or {}))
 
 
 # The registry of this worker process. Request validation (pydantic, per request, before
@@ -124,7 +148,12 @@ def set_active(registry: Registry) -> None:
     _active = registry
 
 
+def is_loaded() -> bool:
+    return _active is not None
+
+
 def active() -> Registry:
     if _active is None:
+        # startup.LoadingGate answers requests before this can happen, with a 503
         raise RuntimeError("no models loaded in this worker yet")
     return _active

@@ -16,7 +16,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-MAX_LISTED = 50
+from scstrata_service.contract import MAX_LISTED
+from scstrata_service.coverage import DEFAULT_MIN_MAPPED_FRACTION
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -60,6 +61,13 @@ class EmbedItem(OutputSpec):
     extra_outputs: list[OutputSpec] = Field(
         default_factory=list, description="more (layers, pooling) sets from the same pass"
     )
+    min_mapped_fraction: float = Field(
+        default=DEFAULT_MIN_MAPPED_FRACTION,
+        ge=0,
+        le=1,
+        description="refuse (400) when less than this share of the counts is on genes the "
+        "model knows (0 embeds whatever matched)",
+    )
 
 
 class EmbedRequest(BaseModel):
@@ -100,6 +108,12 @@ class EmbedResult(BaseModel):
     extra_outputs: list[LayerRows] = Field(default_factory=list)
     n_unmapped_genes: int
     unmapped_genes: list[str] = Field(description=f"at most {MAX_LISTED} of the unmapped names")
+    mapped_gene_fraction: float | None = Field(
+        default=None, description="share of the request's gene names the model knows"
+    )
+    mapped_count_fraction: list[float] | None = Field(
+        default=None, description="per cell, share of its counts on genes the model knows"
+    )
 
 
 @dataclass

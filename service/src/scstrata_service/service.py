@@ -18,28 +18,46 @@ import logging
 import bentoml
 import numpy as np
 import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
+from bentoml._internal.context import server_context  # where BentoML keeps service_version
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from scstrata_service.admission import BACKLOG, Admission, Admitted, Reply, admit, admitted
+from scstrata_service import openapi
+from scstrata_service.admission import (
+    BACKLOG,
+    Admission,
+    Admitted,
+    Reply,
+    admit,
+    admitted,
+    busy,
+)
+from scstrata_service.coverage import Coverage
 from scstrata_service.dispatch import allow_overlapping_dispatches
 from scstrata_service.engine import JobFailure, JobResult, run_jobs
+from scstrata_service.info import SERVICE_VERSION, server_info
 from scstrata_service.metrics import record_worker
 from scstrata_service.middleware import NPZ_MEDIA_TYPE, ScstrataMiddleware
-from scstrata_service.registry import Registry, active, set_active, specs_from_env
+from scstrata_service.registry import Registry, active, is_loaded, set_active, specs_from_env
 from scstrata_service.schemas import MAX_LISTED, EmbedResult, LayerRows, TicketItem
 from scstrata_service.settings import SETTINGS
+from scstrata_service.startup import LOADING_MESSAGE, BackgroundLoad, arm_main_process
 from scstrata_service.workers import bentoml_resources, current_placement, place_this_worker
 
 log = logging.getLogger(__name__)
 
 # The next dispatch waits, ready, while the previous one computes (dispatch.py explains why)
 allow_overlapping_dispatches(SETTINGS.dispatches)
+# A worker that cannot load its models stops the server, which then exits 1 (startup.py)
+arm_main_process()
 
 
 async def list_models(request: Request) -> JSONResponse:
+    if not is_loaded():
+        refused = busy(LOADING_MESSAGE)
+        return JSONResponse(refused.body(), refused.status, dict(refused.headers))
     return JSONResponse([card.model_dump() for card in active().cards()])
 
 
@@ -49,10 +67,32 @@ async def worker(request: Request) -> JSONResponse:
     return JSONResponse(placement.as_dict() if placement else {})
 
 
+async def info(request: Request) -> JSONResponse:
+    placement = current_placement()
+    registry = active() if is_loaded() else None
+    return JSONResponse(server_info(registry, placement.as_dict() if placement else None, BACKLOG))
+
+
+async def api_document(request: Request) -> JSONResponse:
+    item = None
+    if is_loaded():
+        backend = next(iter(active().backends.values()))
+        item = openapi.example_item(backend.card, backend.known_genes())
+    return JSONResponse(openapi.document(item))
+
+
+async def api_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(openapi.PAGE)
+
+
+# Mounted before BentoML's own routes: "/" and "/docs.json" replace its page and document
 models_app = Starlette(
     routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/worker", worker, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/docs.json", api_document, methods=["GET"]),
+        Route("/", api_page, methods=["GET"]),
     ]
 )
 
@@ -69,13 +109,21 @@ models_app = Starlette(
 )
 class Embedder:
     def __init__(self) -> None:
+        # BentoML labels its series with the Bento's version; served from source it has none
+        if server_context.bento_version == "not available":
+            server_context.bento_version = SERVICE_VERSION
+        # In a thread: the worker listens (and /livez answers) while the models load
+        self.loading = BackgroundLoad(self._load)
+
+    def _load(self) -> Registry:
+        # here, not in __init__: torch's current CUDA device is per thread
         placement = place_this_worker(SETTINGS.device, SETTINGS.workers)
         record_worker(placement.worker, placement.device)
-        self.registry = Registry.load(
+        registry = Registry.load(
             specs_from_env(), **SETTINGS.backend_settings(device=placement.device)
         )
-        set_active(self.registry)
-        for card in self.registry.cards():
+        set_active(registry)
+        for card in registry.cards():
             log.info(
                 "worker %d/%d serving %s (%s, %d layers%s) on %s",
                 placement.worker,
@@ -86,10 +134,12 @@ class Embedder:
                 ", RANDOM DEMO WEIGHTS" if card.demo_weights else "",
                 placement.device,
             )
+        return registry
 
     def __is_ready__(self) -> bool:
-        """Not ready while the backlog of admitted work is at its bound (new requests get 503)."""
-        return not BACKLOG.full
+        """Ready once the models are in, and not while the backlog of admitted work is at its
+        bound (new requests get 503)."""
+        return self.loading.ready and not BACKLOG.full
 
     @bentoml.api(
         batchable=True,
@@ -126,6 +176,8 @@ def _placeholder(item: TicketItem) -> EmbedResult:
 
 def admit_body(body: bytes, accept_npz: bool) -> Admission:
     """Admission of one request body against the served models (called by the middleware)."""
+    if not is_loaded():
+        raise busy(LOADING_MESSAGE)
     return admit(body, active(), accept_npz)
 
 
@@ -148,14 +200,18 @@ def reply_for(item: Admitted, result: JobResult | JobFailure) -> Reply:
         n_unmapped_genes=len(result.unmapped_genes),
         unmapped_genes=result.unmapped_genes[:MAX_LISTED],
     )
+    reached = item.reached
+    if reached is not None:
+        common["mapped_gene_fraction"] = reached.gene_fraction
     if spec.format == "npz":
-        raw = encode_npz(result)
+        raw = encode_npz(result, reached)
         if item.raw_npz:
             return Reply(200, NPZ_MEDIA_TYPE, raw)
         wrapped = EmbedResult(**common, npz=pybase64.b64encode(raw).decode("ascii"))
         return Reply(200, "application/json", wrapped.model_dump_json().encode())
     reply = EmbedResult(
         **common,
+        mapped_count_fraction=reached.cell_count_fractions.tolist() if reached else None,
         layers=as_json_rows(main),
         extra_outputs=[
             LayerRows(pooling=pooling, dim=card.poolings[pooling], layers=as_json_rows(rows))
@@ -169,7 +225,7 @@ def as_json_rows(layers: dict[int, np.ndarray]) -> dict[str, list[list[float]]]:
     return {str(k): rows.tolist() for k, rows in layers.items()}
 
 
-def encode_npz(result: JobResult) -> bytes:
+def encode_npz(result: JobResult, reached: Coverage | None = None) -> bytes:
     """All outputs as one .npz (members named in docs/api.md)."""
     arrays: dict[str, np.ndarray] = {}
     main, *extra = result.outputs
@@ -178,6 +234,9 @@ def encode_npz(result: JobResult) -> bytes:
         arrays.update({f"extra{i}_layer_{k}": rows for k, rows in layers.items()})
     arrays["unmapped_genes"] = np.array(result.unmapped_genes[:MAX_LISTED], dtype=str)
     arrays["n_unmapped_genes"] = np.array(len(result.unmapped_genes), dtype=np.int64)
+    if reached is not None:
+        arrays["mapped_count_fraction"] = reached.cell_count_fractions
+        arrays["mapped_gene_fraction"] = np.array(reached.gene_fraction, dtype=np.float64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
