@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -39,9 +40,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, flops_per_cell, matmul_peak_tflops, sync, synthetic_cells
 
 from scstrata_client._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
-from scstrata_service.packing import pick_device, plan_batches
+from scstrata_service.runtime.backend import PackedBackend
+from scstrata_service.runtime.batching import plan_batches
+from scstrata_service.runtime.device import pick_device
+
+# torch's own (padded) forward of the layer class scFoundation's packed blocks derive from
+TORCH_LAYER = torch.nn.TransformerEncoderLayer.forward
 
 GPU_SIZE = dict(cells=512, median=2000, low=200, high=6000, hidden=768, depth=12, heads=12)
 CPU_SIZE = dict(cells=96, median=300, low=40, high=900, hidden=128, depth=4, heads=4)
@@ -54,20 +60,20 @@ TAHOE_CPU = dict(cells=48, median=300, low=40, high=900, hidden=128, depth=4, he
 def tahoe_packed(device: torch.device, peak: float, kernels: list[tuple[str, bool]]) -> dict:
     """Packed in-process throughput of a Tahoe-X1-shaped model (the study's 1.3B on CUDA),
     with the default kernel and any others named in ``kernels`` ((attention, compile) pairs)."""
-    from scstrata_service.families.tahoe.backend import TahoeBackend
+    from scstrata_service.families import tahoe
     from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint as fabricate_tahoe
 
     size = TAHOE_GPU if device.type == "cuda" else TAHOE_CPU
     folder = Path(tempfile.mkdtemp(prefix="scstrata-bench-tahoe-"))
     fabricate_tahoe(
         folder,
-        d_model=size["hidden"],
+        hidden=size["hidden"],
         n_layers=size["depth"],
         n_heads=size["heads"],
         vocab_genes=8000,
         max_length=2048,
     )
-    backend = TahoeBackend.load("tahoe-bench", folder)
+    backend = tahoe.load("tahoe-bench", folder)
     counts, genes = synthetic_cells(
         backend.known_genes(), size["cells"], size["median"], size["low"], size["high"]
     )
@@ -78,9 +84,11 @@ def tahoe_packed(device: torch.device, peak: float, kernels: list[tuple[str, boo
         "cells": size["cells"],
         "tokens_per_cell_median": float(np.median(cells.lengths)),
     }
-    default = (backend.attention, bool(backend.encoder.compile_blocks))
+    default = (backend.policy.attention, backend.policy.compile_blocks)
     for attention, compile_blocks in dict.fromkeys([default, *kernels]):
-        backend.attention, backend.encoder.compile_blocks = attention, compile_blocks
+        backend.policy = dataclasses.replace(
+            backend.policy, attention=attention, compile_blocks=compile_blocks
+        )
         backend.embed(cells, [size["depth"]], ["official"])  # compiles, if compiling
         seconds = best_time(lambda: backend.embed(cells, [size["depth"]], ["official"]), device)
         key = "default" if (attention, compile_blocks) == default else "kernel"
@@ -98,13 +106,13 @@ def budget_sweep(
 ) -> list:
     """Cells/s of one kernel at several token budgets (tokens per forward pass)."""
     attention, compile_blocks = kernel
-    backend = ScFoundationBackend.load(
+    backend = scfoundation.load(
         "budget", checkpoint, attention=attention, compile_blocks=compile_blocks
     )
     depth, rows = backend.card.n_layers, []
     default = backend.max_tokens
     for budget in sorted({default, *(b for b in (1 << 18, 1 << 19) if b < default)}):
-        backend.max_tokens = budget
+        backend.policy = dataclasses.replace(backend.policy, max_tokens=budget)
         seconds = best_time(lambda: backend.embed(cells, [depth], ["S"]), device, repeat=2)
         rows.append(
             {
@@ -123,7 +131,7 @@ def profile_kernels(checkpoint: Path, cells, device: torch.device, kernel, path:
     from torch.profiler import ProfilerActivity, profile
 
     attention, compile_blocks = kernel
-    backend = ScFoundationBackend.load(
+    backend = scfoundation.load(
         "profile", checkpoint, attention=attention, compile_blocks=compile_blocks
     )
     depth = backend.card.n_layers
@@ -147,9 +155,9 @@ def fastest_kernel(rows: list) -> tuple[str, bool] | None:
     return best["attention"], best["compile"]
 
 
-def padded_pass(backend: ScFoundationBackend, cells, max_tokens: int) -> tuple[float, float]:
+def padded_pass(backend: PackedBackend, cells, max_tokens: int) -> tuple[float, float]:
     """Embed with length-sorted *padded* batches; return (seconds, padding share)."""
-    enc, device, dtype = backend.encoder, backend.device, backend.compute_dtype
+    enc, device, dtype = backend.encoder, backend.device, backend.policy.compute_dtype
     lengths = cells.lengths
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
@@ -168,11 +176,11 @@ def padded_pass(backend: ScFoundationBackend, cells, max_tokens: int) -> tuple[f
             for row, cell in enumerate(batch):
                 s, e = cells.offsets[cell], cells.offsets[cell + 1]
                 values[row, : e - s] = torch.from_numpy(cells.values[s:e])
-                positions[row, : e - s] = torch.from_numpy(cells.positions[s:e])
+                positions[row, : e - s] = torch.from_numpy(cells.token_ids[s:e])
                 keep[row, : e - s] = True
             values, positions, keep = values.to(device), positions.to(device), keep.to(device)
             with torch.inference_mode():
-                x = enc.embed_inputs(values, positions).to(dtype)
+                x = enc.embed_inputs(positions, values, None).to(dtype)
                 mask = keep[:, None, None, :]
                 for block in enc.encoder.transformer_encoder:
                     x = _padded_block(block, x, mask)
@@ -193,7 +201,7 @@ def _padded_block(block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return block.norm2(x + block.linear2(F.relu(block.linear1(x))))
 
 
-def per_cell_fp32(backend: ScFoundationBackend, cells, n: int) -> float:
+def per_cell_fp32(backend: PackedBackend, cells, n: int) -> float:
     """Cells/s of the official script's way: one cell at a time, fp32, torch's encoder layer."""
     enc = copy.deepcopy(backend.encoder).float()
     device = backend.device
@@ -203,11 +211,11 @@ def per_cell_fp32(backend: ScFoundationBackend, cells, n: int) -> float:
             for cell in range(n):
                 s, e = cells.offsets[cell], cells.offsets[cell + 1]
                 values = torch.from_numpy(cells.values[s:e])[None].to(device)
-                positions = torch.from_numpy(cells.positions[s:e])[None].to(device)
-                x = enc.embed_inputs(values, positions)
+                positions = torch.from_numpy(cells.token_ids[s:e])[None].to(device)
+                x = enc.embed_inputs(positions, values, None)
                 pad = torch.zeros(1, e - s, dtype=torch.bool, device=device)
                 for block in enc.encoder.transformer_encoder:
-                    x = block(x, src_key_padding_mask=pad)
+                    x = TORCH_LAYER(block, x, src_key_padding_mask=pad)
                 enc.encoder.norm(x)[:, -1].cpu()
 
     return n / best_time(run, device, repeat=1)
@@ -229,7 +237,7 @@ def gather_like_script(data: torch.Tensor, keep: torch.Tensor, pad_id: int):
     return gathered, gathered == pad_id
 
 
-def official_script_per_cell(backend: ScFoundationBackend, counts, n: int) -> float:
+def official_script_per_cell(backend: PackedBackend, counts, n: int) -> float:
     """Cells/s of the official embedding script's whole per-cell loop, fp32: each cell's row of
     the dense cells x 19,264-gene table (pandas, as the script holds it) normalised with pandas
     and listed into a 19,266-value tensor, moved to the device, gathered, embedded, run through
@@ -252,9 +260,9 @@ def official_script_per_cell(backend: ScFoundationBackend, counts, n: int) -> fl
                 keep = x > 0
                 values, padding = gather_like_script(x, keep, config.pad_token_id)
                 positions, _ = gather_like_script(gene_ids, keep, config.pad_token_id)
-                h = enc.embed_inputs(values, positions)
+                h = enc.embed_inputs(positions, values, None)
                 for block in enc.encoder.transformer_encoder:
-                    h = block(h, src_key_padding_mask=padding)
+                    h = TORCH_LAYER(block, h, src_key_padding_mask=padding)
                 h = enc.encoder.norm(h)
                 genes_only = h[:, :-2, :]
                 pooled = [h[:, -1], h[:, -2], genes_only.max(1).values, genes_only.mean(1)]
@@ -373,7 +381,7 @@ def variants(checkpoint: Path, cells, device: torch.device, flops: float, peak: 
 def measure_variant(
     checkpoint: Path, cells, device: torch.device, attention: str, compile_blocks: bool
 ) -> tuple[np.ndarray, dict]:
-    backend = ScFoundationBackend.load(
+    backend = scfoundation.load(
         "variant", checkpoint, attention=attention, compile_blocks=compile_blocks
     )
     depth = backend.card.n_layers
@@ -409,9 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
     peak, peak_kind = matmul_peak_tflops(device)
     folder = Path(tempfile.mkdtemp(prefix="scstrata-bench-"))
     checkpoint = fabricate_checkpoint(
-        folder, hidden=args.hidden, depth=args.depth, heads=args.heads
+        folder, hidden=args.hidden, n_layers=args.depth, n_heads=args.heads
     )
-    backend = ScFoundationBackend.load("bench", checkpoint, max_tokens=args.max_tokens)
+    backend = scfoundation.load("bench", checkpoint, max_tokens=args.max_tokens)
     max_tokens = backend.max_tokens
     counts, genes = synthetic_cells(
         backend.tokenizer.vocabulary, args.cells, args.median, args.low, args.high
@@ -456,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_kind": peak_kind,
         "max_tokens_per_pass": max_tokens,
         "forward_passes": len(plan_batches(cells.lengths, max_tokens)),
-        "attention": backend.attention,
+        "attention": backend.policy.attention,
         "tokenize_cells_per_s": round(args.cells / tokenize_s, 1),
         "packed_in_process": rate(packed_s),
         "padded_length_sorted": {**rate(padded_s), "padding_share": round(padding_share, 4)},
@@ -482,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
             flops / packed_s / 1e12 / (base_tflops * script / baseline), 2
         ),
     }
-    report["compile_blocks"] = bool(backend.encoder.compile_blocks)
+    report["compile_blocks"] = backend.policy.compile_blocks
     fastest = None
     if not args.skip_variants:
         report["variants"] = variants(checkpoint, cells, device, flops, peak)
@@ -517,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             in_process_tflops = row["share_of_peak"] * peak
         report["http_loopback"] = {
-            "kernel": fastest or [backend.attention, report["compile_blocks"]],
+            "kernel": fastest or [backend.policy.attention, report["compile_blocks"]],
             "cells": n_http,
             "clients": clients,
             "best": {"chunk": best_client["chunk"], "in_flight": best_client["in_flight"]},

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import synthetic_cells
 from gpu import HTTP_CLIENTS, http_cells_per_s
 
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 
 SIMULATOR = Path(__file__).parent / "simulated_accelerator"
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, depth=2, heads=4)
-    backend = ScFoundationBackend.load("bench", checkpoint, device="cpu")
+    checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, n_layers=2, n_heads=4)
+    backend = scfoundation.load("bench", checkpoint, device="cpu")
     counts, genes = synthetic_cells(
         backend.tokenizer.vocabulary, args.cells, args.median, 200, 6000, seed=1
     )

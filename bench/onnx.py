@@ -26,9 +26,8 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from common import best_time, synthetic_cells  # noqa: E402
 
-from scstrata_service.families import fabricate  # noqa: E402
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend  # noqa: E402
-from scstrata_service.packing import plan_batches  # noqa: E402
+from scstrata_service.families import fabricate, scfoundation  # noqa: E402
+from scstrata_service.runtime.batching import plan_batches  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,10 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="scstrata-onnx-bench-"))
     folder = fabricate(
-        "scfoundation", work / "ckpt", hidden=args.hidden, depth=args.depth, heads=args.heads
+        "scfoundation", work / "ckpt", hidden=args.hidden, n_layers=args.depth, n_heads=args.heads
     )
     backends = {
-        runtime: ScFoundationBackend.load(
+        runtime: scfoundation.load(
             "bench", folder, device="cpu", runtime=runtime, onnx_cache_dir=work / "onnx"
         )
         for runtime in ("torch", "onnx")
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         "onnx_padded_slots_over_real_tokens": round(padded / real, 3),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime": "default (all cores)"},
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
-        "providers": onnx_backend.providers,
+        "providers": onnx_backend.blocks.providers,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "cells_per_s": {k: round(args.cells / v, 1) for k, v in seconds.items()},
         "a_onnx_over_torch_throughput_final": round(
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "b_onnx_layer1_over_final_time": round(seconds["onnx_layer_1"] / seconds["onnx_final"], 3),
         "b_expected_if_blocks_dominate": round(1 / L, 3),
-        "graphs_exported": sorted(onnx_backend.exported),
+        "graphs_exported": sorted(onnx_backend.blocks.exported),
         "when": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(report, indent=2))

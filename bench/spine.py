@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, synthetic_cells
 
 from scstrata_client import Client
-from scstrata_service.families import FAMILIES, fabricate
+from scstrata_service.families import FAMILIES, fabricate, load
 from scstrata_service.launcher import running_service
 
 
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.family,
         Path(tempfile.mkdtemp(prefix="scstrata-spine-")),
         hidden=args.hidden,
-        depth=args.depth,
-        heads=args.heads,
+        n_layers=args.depth,
+        n_heads=args.heads,
     )
-    backend = FAMILIES[args.family]("bench", folder)
+    backend = load(args.family, "bench", folder)
     counts, genes = synthetic_cells(
         backend.known_genes(),
         args.cells,

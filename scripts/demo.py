@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scstrata_scoring.cli import main as score_main
 from scstrata_scoring.simulate import simulate_trajectory
-from scstrata_service.families import FAMILIES, fabricate
+from scstrata_service.families import FAMILIES, fabricate, load
 from scstrata_service.launcher import running_service
 
 NOTE = (
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = out / f"checkpoint-{args.family}"
     if not (checkpoint / ".fabricated").is_file():
         print(f"[demo] fabricating a random-weight {args.family} checkpoint in {checkpoint}")
-        fabricate(args.family, checkpoint, hidden=64, depth=6, heads=4, seed=args.seed)
+        fabricate(args.family, checkpoint, hidden=64, n_layers=6, n_heads=4, seed=args.seed)
         (checkpoint / ".fabricated").write_text("random demo weights\n")
-    genes = FAMILIES[args.family]("demo", checkpoint, device="cpu").known_genes()
+    genes = load(args.family, "demo", checkpoint, device="cpu").known_genes()
 
     data = out / f"trajectory-{args.family}.h5ad"
     simulate_trajectory(genes, n_cells=args.cells, seed=args.seed).write_h5ad(data)

@@ -21,7 +21,7 @@ os.environ.pop("SCSTRATA_TOKEN", None)
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 
-    return fabricate_checkpoint(tmp_path_factory.mktemp("scf"), hidden=32, depth=3, heads=4)
+    return fabricate_checkpoint(tmp_path_factory.mktemp("scf"), hidden=32, n_layers=3, n_heads=4)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,6 @@ def service_url(tiny_checkpoint) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_checkpoint):
-    from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+    from scstrata_service.families import scfoundation
 
-    return ScFoundationBackend.load("scf", tiny_checkpoint)
+    return scfoundation.load("scf", tiny_checkpoint)

@@ -11,16 +11,19 @@ if os.environ.get("SCSTRATA_SIMULATED_TOKENS_PER_S"):
 
     import numpy as np
 
-    from scstrata_service import packed_backend
+    from scstrata_service.runtime import backend, device
 
     _RATE = float(os.environ["SCSTRATA_SIMULATED_TOKENS_PER_S"])
 
-    def _simulated_embed(self, cells, layers, poolings):
-        with packed_backend.device_lock(self.device):
+    def _simulated_read(self, cells, readout):
+        with device.device_lock(self.device):
             time.sleep(int(cells.offsets[-1]) / _RATE)  # releases the GIL, as a GPU wait does
         return {
-            p: {k: np.zeros((cells.n_cells, self.card.poolings[p]), np.float32) for k in layers}
-            for p in poolings
+            p: {
+                k: np.zeros((cells.n_cells, self.card.poolings[p]), np.float32)
+                for k in readout.layers
+            }
+            for p in readout.poolings
         }
 
-    packed_backend.PackedBackend.embed = _simulated_embed
+    backend.PackedBackend.read = _simulated_read

@@ -96,6 +96,7 @@ class FakeService:
         token: str | None = None,
         delay: float = 0.0,
         checkpoint_digest: str = "sha256:00",
+        record: bool = True,
     ):
         self.n_layers = n_layers
         self.dims = dims or {"official": 3, "S": 3}
@@ -107,6 +108,11 @@ class FakeService:
         self.delay = delay
         self.checkpoint_digest = checkpoint_digest
         self.calls: list[httpx.Request] = []
+        self.record = record
+        """False: count calls (``n_calls``) without keeping each request and its body."""
+        self.n_calls = 0
+        self.stopped = False
+        """While true, every request fails as if nothing listened on the port."""
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -132,8 +138,10 @@ class FakeService:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
-            n = len(self.calls)
-            self.calls.append(request)
+            n = self.n_calls
+            self.n_calls += 1
+            if self.record:
+                self.calls.append(request)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -145,6 +153,8 @@ class FakeService:
                 self.in_flight -= 1
 
     def _answer(self, n: int, request: httpx.Request) -> httpx.Response:
+        if self.stopped:
+            raise httpx.ConnectError("injected: the replica is stopped")
         failure = self.failures.get(n)
         if isinstance(failure, Exception):
             raise failure
@@ -156,6 +166,8 @@ class FakeService:
             return httpx.Response(401, json={"error": "missing or invalid bearer token"})
         if request.url.path == "/models":
             return httpx.Response(200, json=[self.card()])
+        if request.url.path in ("/readyz", "/livez"):
+            return httpx.Response(200, json={"status": "ok"})
         items = json.loads(request.content)["items"]
         for item in items:
             refused = self._refusal(item)
@@ -241,6 +253,26 @@ class FakeService:
         sleeps: list[float] = []
         client._sleep = sleeps.append
         return client, sleeps
+
+
+class Replicas:
+    """Several ``FakeService``s behind one ``httpx.MockTransport``, told apart by host."""
+
+    def __init__(self, *fakes: FakeService):
+        self.fakes = {f"svc{i}": fake for i, fake in enumerate(fakes)}
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{host}:3000" for host in self.fakes]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        return self.fakes[request.url.host](request)
+
+    def client(self, **kwargs: Any) -> Client:
+        kwargs.setdefault("cache", False)
+        client = Client(self.urls, transport=httpx.MockTransport(self), **kwargs)
+        client._sleep = lambda delay: None
+        return client
 
 
 class RecordingTransport(httpx.HTTPTransport):

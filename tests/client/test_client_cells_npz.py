@@ -269,7 +269,7 @@ def test_rejects_cells_npz_recognises_older_services_only(tiny_checkpoint):
     assert not rejects_cells_npz(_invalid(OLD_SERVICE_REPLY, status=413))
 
     # None of this service's own complaints about a cells_npz reads as "unknown field".
-    from scstrata_service.backend import InputError
+    from scstrata_service.contract import InputError
     from scstrata_service.uploads import NpzCells
 
     buffer = io.BytesIO()

@@ -142,3 +142,25 @@ def test_service_commands_without_the_service_package(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "scstrata_service.cli", None)  # import fails
     assert main(["serve", "--model", "a=b:c"]) == 2
     assert "install scstrata-service to serve models" in capsys.readouterr().err
+
+
+def test_a_zarr_output_streams_the_layers_and_refuses_another_run(
+    service_url, tiny_backend, h5ad_file, tmp_path, capsys
+):
+    from scstrata_client.store import read_store
+
+    path, counts, genes = h5ad_file
+    out = tmp_path / "layers.zarr"
+    argv = ["embed", "--url", service_url, "--model", "scf", "--layers", "0,-1", "--pooling",
+            "S", "--chunk-size", "4", "--no-cache", str(path), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().err
+    store = read_store(out)
+    assert store.complete and store.layers == [0, 3]
+    expected = _expected(tiny_backend, counts, genes, [0, 3], "S")
+    for k in (0, 3):
+        np.testing.assert_allclose(store.to_numpy(k), expected[k], **TOL)
+    assert main(argv) == 0  # a rerun finds every chunk written
+    other = [a if a != "0,-1" else "all" for a in argv]
+    assert main(other) == 1
+    assert "refusing to mix results" in capsys.readouterr().err

@@ -5,19 +5,19 @@ import pytest
 from scstrata_scoring.plot import plot_scores
 from scstrata_scoring.report import summary_line, write_report
 from scstrata_scoring.summary import summarise
-from scstrata_scoring.sweep import SCORE_COLUMNS
+from scstrata_scoring.sweep import ROW_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_BASE_COLUMNS = [c for c in SCORE_COLUMNS if c not in ("pooling", "recipe")]
+_BASE_COLUMNS = [c for c in ROW_COLUMNS if c not in ("pooling", "recipe")]
 
 
 def _frame(rows, recipe="scstrata"):
-    """A score table from rows without the pooling and recipe columns."""
+    """A score table (its row columns) from rows without the pooling and recipe columns."""
     df = pd.DataFrame(rows, columns=_BASE_COLUMNS)
     df["pooling"] = np.where(df["model"].str.startswith("baseline:"), "", "official")
     df["recipe"] = recipe
     df["layer"] = df["layer"].astype("Int64")
-    return df[SCORE_COLUMNS]
+    return df[ROW_COLUMNS]
 
 
 def _rows(task, metric, contexts=("all",)):

@@ -6,9 +6,14 @@ every test that needs it shares one module-scoped search.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import sparse, stats
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from scstrata_scoring.baselines import expression_matrix, log_normalise
 from scstrata_scoring.neighbours import (
@@ -20,7 +25,9 @@ from scstrata_scoring.neighbours import (
 )
 from scstrata_scoring.resample import BootstrapDraws, bootstrap_indices
 from scstrata_scoring.simulate import simulate_trajectory
+from scstrata_scoring.subsample import sample_cells, subsample_note, take_rows
 from scstrata_scoring.sweep import LayerSet, score_trajectory
+from scstrata_scoring.threads import THREADS_ENV, apply_threads, thread_count
 from scstrata_scoring.trajectory import _dpt
 
 # Stated recall of the approximate search against exact neighbours (k = 30) on 3,000 cells of
@@ -172,3 +179,88 @@ def test_bootstrap_map_joins_statistics_in_draw_order():
     assert joined["mean"].shape == (9,)
     # the perturbation task's small resamples keep their one-array form
     assert bootstrap_indices(7, 3, seed=0).shape == (3, 7)
+
+
+def test_thread_count_reads_the_variable_else_the_cpus_we_may_use():
+    assert thread_count({THREADS_ENV: "3"}) == 3
+    assert thread_count({}) == len(os.sched_getaffinity(0))
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match=THREADS_ENV):
+            thread_count({THREADS_ENV: bad})
+
+
+def test_apply_threads_limits_blas_and_numba():
+    import numba
+
+    before_numba = numba.get_num_threads()
+    before_blas = threadpool_info()
+    try:
+        assert apply_threads(1) == 1
+        assert numba.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        numba.set_num_threads(before_numba)
+        threadpool_limits({pool["prefix"]: pool["num_threads"] for pool in before_blas})
+
+
+def test_scoring_and_its_thread_setting_do_not_import_torch_or_the_service():
+    code = (
+        "import sys, scstrata_scoring.sweep, scstrata_scoring.threads as t; t.apply_threads(1); "
+        "print(sorted(m for m in ('torch', 'scstrata_service') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cell_sample_is_seeded_sorted_and_all_cells_when_it_fits():
+    a = sample_cells(1000, 100, seed=3)
+    assert a.n_cells == 100 and a.seed == 3 and a.n_total == 1000
+    assert (np.diff(a.cells) > 0).all() and a.cells.max() < 1000
+    np.testing.assert_array_equal(a.cells, sample_cells(1000, 100, seed=3).cells)
+    assert not np.array_equal(a.cells, sample_cells(1000, 100, seed=4).cells)
+    for size in (None, 1000, 5000):
+        whole = sample_cells(1000, size, seed=3)
+        assert whole.cells is None and whole.n_cells == 1000 and whole.seed is None
+    with pytest.raises(ValueError, match="at least 3"):
+        sample_cells(1000, 2)
+
+
+def test_take_rows_reads_only_the_sampled_rows_of_each_kind(tmp_path):
+    import zarr
+
+    sample = sample_cells(50, 10, seed=0)
+    dense = np.arange(200.0).reshape(50, 4)
+    expected = dense[sample.cells]
+    np.testing.assert_array_equal(take_rows(dense, sample), expected)
+    np.testing.assert_array_equal(take_rows(sparse.csr_matrix(dense), sample).toarray(), expected)
+    stored = zarr.open_array(tmp_path / "layer.zarr", mode="w", shape=dense.shape, dtype="f8")
+    stored[:] = dense
+    np.testing.assert_array_equal(take_rows(stored, sample), expected)
+    assert take_rows(dense, sample_cells(50, None)) is dense
+
+
+def test_trajectory_sweep_on_a_subsample_equals_scoring_those_cells(genes, pca_baseline, tmp_path):
+    from scstrata_scoring.report import write_report
+
+    adata = simulate_trajectory(genes[:300], n_cells=300, n_expressed=200, seed=6)
+    layer = pca_baseline(adata, n_top_genes=150, n_pcs=10)
+    kwargs = dict(n_boot=20, n_top_genes=150, n_pcs=10, progress=False)
+    sampled = score_trajectory(
+        [LayerSet("toy", 2, {2: layer})],
+        adata,
+        "time",
+        subsample=120,
+        subsample_seed=5,
+        **kwargs,
+    ).scores
+    cells = sample_cells(300, 120, seed=5).cells
+    direct = score_trajectory(
+        [LayerSet("toy", 2, {2: layer[cells]})], adata[cells].copy(), "time", **kwargs
+    ).scores
+    assert (sampled["n_cells"] == 120).all() and (sampled["subsample_seed"] == 5).all()
+    assert (direct["n_cells"] == 120).all() and direct["subsample_seed"].isna().all()
+    np.testing.assert_allclose(sampled["value"], direct["value"])
+    note = subsample_note(sampled)
+    assert "120 cells" in note and "seed 5" in note
+    assert subsample_note(direct) is None
+    assert note in write_report(sampled, tmp_path).read_text()

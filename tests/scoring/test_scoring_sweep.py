@@ -8,7 +8,13 @@ from scstrata_scoring.pull import card_field, model_card, pull_layers
 from scstrata_scoring.simulate import simulate_trajectory
 from scstrata_scoring.simulate_perturbation import true_effect_embedding
 from scstrata_scoring.summary import SUMMARY_COLUMNS, best_layer, summarise
-from scstrata_scoring.sweep import SCORE_COLUMNS, LayerSet, score_perturbation, score_trajectory
+from scstrata_scoring.sweep import (
+    ROW_COLUMNS,
+    SCORE_COLUMNS,
+    LayerSet,
+    score_perturbation,
+    score_trajectory,
+)
 
 TRAJECTORY_METRICS = {
     "dpt_spearman",
@@ -58,8 +64,11 @@ def test_trajectory_sweep_writes_the_documented_tidy_table(trajectory_sweep):
             "ci_low",
             "ci_high",
             "null_z",
+            "n_cells",
+            "subsample_seed",
         ]
     )
+    assert (df["n_cells"] == 250).all() and df["subsample_seed"].isna().all()
     assert set(df["model"]) == {"toy", "baseline:pca", "baseline:expression"}
     assert set(df.loc[df["model"] == "toy", "pooling"]) == {"official"}
     assert (df["recipe"] == "scstrata").all()
@@ -190,7 +199,7 @@ def _table(values, model="m", metric="dpt_spearman", context="all"):
             + (np.nan,) * 3
             for k, v in enumerate(values)
         ],
-        columns=SCORE_COLUMNS,
+        columns=ROW_COLUMNS,
     )
 
 

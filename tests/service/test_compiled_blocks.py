@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from scstrata_service.families import FAMILIES, fabricate
+from scstrata_service.families import fabricate, load
 
 from helpers import make_cells
 
 
 @pytest.mark.parametrize("family", ["scfoundation", "tahoe", "geneformer"])
 def test_compiled_blocks_match_eager_blocks_across_batch_sizes(tmp_path, family):
-    folder = fabricate(family, tmp_path / family, hidden=32, depth=3, heads=4, seed=5)
-    eager = FAMILIES[family]("eager", folder, device="cpu")
+    folder = fabricate(family, tmp_path / family, hidden=32, n_layers=3, n_heads=4, seed=5)
+    eager = load(family, "eager", folder, device="cpu")
     # a small token budget splits the cells into batches of different token counts
-    fused = FAMILIES[family]("fused", folder, device="cpu", compile_blocks=True, max_tokens=2500)
+    fused = load(family, "fused", folder, device="cpu", compile_blocks=True, max_tokens=2500)
     counts, genes = make_cells(eager.known_genes(), n_cells=30, n_genes=600, seed=8)
     cells = eager.tokenize(counts, genes, {})
     pooling = eager.card.default_pooling
@@ -34,16 +34,16 @@ def test_compiled_blocks_match_eager_blocks_across_batch_sizes(tmp_path, family)
 
 
 def test_cuda_only_attention_kernels_are_refused_on_cpu(tmp_path):
-    folder = fabricate("scfoundation", tmp_path / "scf", hidden=32, depth=2, heads=4)
+    folder = fabricate("scfoundation", tmp_path / "scf", hidden=32, n_layers=2, n_heads=4)
     with pytest.raises(ValueError, match=r"varlen.*needs a CUDA device"):
-        FAMILIES["scfoundation"]("scf", folder, device="cpu", attention="varlen")
+        load("scfoundation", "scf", folder, device="cpu", attention="varlen")
     with pytest.raises(ValueError, match="attention must be one of"):
-        FAMILIES["scfoundation"]("scf", folder, device="cpu", attention="flashy")
+        load("scfoundation", "scf", folder, device="cpu", attention="flashy")
 
 
 def test_a_failed_compilation_falls_back_to_eager_blocks(tiny_checkpoint, monkeypatch):
-    from scstrata_service import layer_pooling
-    from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+    from scstrata_service.families import scfoundation
+    from scstrata_service.runtime import compile as compile_cache
 
     def broken_compile(fn):
         def run(*args, **kwargs):
@@ -51,24 +51,21 @@ def test_a_failed_compilation_falls_back_to_eager_blocks(tiny_checkpoint, monkey
 
         return run
 
-    monkeypatch.setattr(layer_pooling, "compiled", broken_compile)  # every encoder's blocks
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=True)
-    eager = ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu", compile_blocks=False)
+    monkeypatch.setattr(compile_cache, "compiled", broken_compile)  # every encoder's blocks
+    backend = scfoundation.load("scf", tiny_checkpoint, device="cpu", compile_blocks=True)
+    eager = scfoundation.load("scf", tiny_checkpoint, device="cpu", compile_blocks=False)
     counts, genes = make_cells(eager.known_genes(), n_cells=6, seed=3)
     cells = eager.tokenize(counts, genes, {})
     got = backend.embed(cells, [2], ["S"])["S"][2]
-    assert backend.encoder.compile_blocks is False
+    assert backend.policy.compile_blocks is False
     np.testing.assert_allclose(got, eager.embed(cells, [2], ["S"])["S"][2], atol=1e-6)
 
 
 def test_compile_is_on_by_default_only_on_cuda_and_warm_up_compiles(tiny_checkpoint):
-    from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+    from scstrata_service.families import scfoundation
     from scstrata_service.registry import ModelSpec, Registry
 
-    assert (
-        ScFoundationBackend.load("scf", tiny_checkpoint, device="cpu").encoder.compile_blocks
-        is False
-    )
+    assert scfoundation.load("scf", tiny_checkpoint, device="cpu").policy.compile_blocks is False
     torch._dynamo.reset()  # forget graphs compiled by earlier tests
     torch._dynamo.utils.counters.clear()
     registry = Registry.load(
@@ -76,7 +73,7 @@ def test_compile_is_on_by_default_only_on_cuda_and_warm_up_compiles(tiny_checkpo
         device="cpu",
         compile_blocks=True,
     )
-    assert registry.get("scf").encoder.compile_blocks is True
+    assert registry.get("scf").policy.compile_blocks is True
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled at load
 
 

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from scstrata_service import service
 from scstrata_service.dispatch import allow_overlapping_dispatches
-from scstrata_service.packed_backend import PackedBackend
+from scstrata_service.runtime.backend import PackedBackend
 from scstrata_service.settings import SETTINGS
 
 from helpers import embed_item, make_cells
@@ -60,9 +60,9 @@ def test_dispatches_overlap_but_take_the_accelerator_in_turn(
         expected.append(tiny_backend.embed(tokens, [i % 4], ["official"])["official"][i % 4])
 
     dispatches = Concurrency(service.run_jobs, pause_s=0.3)
-    passes = Concurrency(PackedBackend.embed)
+    passes = Concurrency(PackedBackend.read)
     monkeypatch.setattr(service, "run_jobs", dispatches)
-    monkeypatch.setattr(PackedBackend, "embed", lambda self, *args: passes(self, *args))
+    monkeypatch.setattr(PackedBackend, "read", lambda self, *args: passes(self, *args))
     with TestClient(service.Embedder.to_asgi()) as client, ThreadPoolExecutor(16) as pool:
         for _ in range(300):  # the models load in the background (startup.py)
             if client.get("/readyz").status_code == 200:

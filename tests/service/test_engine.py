@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scstrata_service.engine import EmbedJob, run_jobs, tokenize_soon, tokenized_groups
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 
 from helpers import make_cells
 
@@ -22,7 +22,7 @@ def jobs_for(backend, vocabulary, sizes, seed=0):
 
 
 def test_groups_hold_a_token_budget_and_keep_job_order(tiny_checkpoint, vocabulary):
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    backend = scfoundation.load("scf", tiny_checkpoint, max_tokens=1500)
     jobs = jobs_for(backend, vocabulary, [5, 9, 2, 7, 4, 6])
     groups = list(tokenized_groups(backend, jobs))
     positions = [p for group in groups for p, _ in group]
@@ -33,7 +33,7 @@ def test_groups_hold_a_token_budget_and_keep_job_order(tiny_checkpoint, vocabula
 
 
 def test_grouped_dispatch_equals_each_job_alone(tiny_checkpoint, vocabulary):
-    small = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    small = scfoundation.load("scf", tiny_checkpoint, max_tokens=1500)
     jobs = jobs_for(small, vocabulary, [5, 9, 2, 7, 4, 6], seed=20)
     together = run_jobs(jobs)
     for job, result in zip(jobs, together):
@@ -48,7 +48,7 @@ def test_grouped_dispatch_equals_each_job_alone(tiny_checkpoint, vocabulary):
 
 
 def test_jobs_tokenized_at_validation_are_not_tokenized_again(tiny_checkpoint, vocabulary):
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    backend = scfoundation.load("scf", tiny_checkpoint, max_tokens=1500)
     jobs = jobs_for(backend, vocabulary, [4, 6, 3], seed=40)
     want = run_jobs(jobs)
     for job in jobs:
@@ -66,7 +66,7 @@ def test_jobs_tokenized_at_validation_are_not_tokenized_again(tiny_checkpoint, v
 
 
 def test_tokens_still_on_their_way_are_awaited_not_redone(tiny_checkpoint, vocabulary):
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1500)
+    backend = scfoundation.load("scf", tiny_checkpoint, max_tokens=1500)
     jobs = jobs_for(backend, vocabulary, [4, 6, 3], seed=60)
     want = run_jobs(jobs)
     tokenized_on = []

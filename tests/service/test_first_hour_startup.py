@@ -160,7 +160,7 @@ def test_demo_checkpoints_are_readable_by_other_users(tmp_path):
     from scstrata_service.families import fabricate
 
     for family in ("scfoundation", "tahoe", "geneformer"):
-        folder = fabricate(family, tmp_path / family, hidden=16, depth=1, heads=2)
+        folder = fabricate(family, tmp_path / family, hidden=16, n_layers=1, n_heads=2)
         files = [p for p in Path(folder).rglob("*") if p.is_file()]
         assert files
         assert all(p.stat().st_mode & 0o004 for p in files), [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scstrata_service.backend import InputError
+from scstrata_service.contract import InputError
 from scstrata_service.gene_mapping import (
     GeneColumns,
     mapped_nonzeros,
@@ -37,9 +37,9 @@ def test_totals_and_nonzeros_match_the_moved_matrix():
 def test_checks_name_cells_that_express_no_known_gene(family, tmp_path):
     """Requests are tokenized after they are accepted, so every cell the tokenizer could not
     embed must be refused by the check, naming its rows."""
-    from scstrata_service.families import FAMILIES, fabricate
+    from scstrata_service.families import fabricate, load
 
-    backend = FAMILIES[family]("m", fabricate(family, tmp_path / family))
+    backend = load(family, "m", fabricate(family, tmp_path / family))
     known = backend.known_genes()[:20]
     genes = [*known, "NOT_A_GENE"]
     dense = np.zeros((4, len(genes)))

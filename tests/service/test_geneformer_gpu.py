@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scstrata_service.families.geneformer.backend import GeneformerBackend
+from scstrata_service.families import geneformer
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
 
 from helpers import GPU_KERNEL_IDS, GPU_KERNELS
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
 def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, version="V2", hidden=64, n_layers=3, n_genes=2000)
-    cpu = GeneformerBackend.load("gf", folder, device="cpu")
-    gpu = GeneformerBackend.load("gf", folder, attention=attention, compile_blocks=compiled)
+    cpu = geneformer.load("gf", folder, device="cpu")
+    gpu = geneformer.load("gf", folder, attention=attention, compile_blocks=compiled)
     assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.genes)

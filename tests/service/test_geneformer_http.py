@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scstrata_service.families.geneformer.backend import GeneformerBackend
+from scstrata_service.families import geneformer
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -22,7 +22,7 @@ def served(tmp_path_factory):
 
     folder = fabricate_checkpoint(tmp_path_factory.mktemp("gf_http"), version="V2", n_layers=3)
     with running_service([f"gf=geneformer:{folder}"]) as url:
-        yield url, GeneformerBackend.load("gf", folder)
+        yield url, geneformer.load("gf", folder)
 
 
 def item(counts: sp.csr_matrix, genes: list[str], **fields) -> dict:

@@ -13,10 +13,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scstrata_service.families.geneformer.backend import GeneformerBackend
+from scstrata_service.families import geneformer
 from scstrata_service.families.geneformer.checkpoint import CheckpointError
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
-from scstrata_service.packing import PackedLayout
+from scstrata_service.layers import Readout
+from scstrata_service.runtime.attention import PackedLayout
+from scstrata_service.runtime.backend import PackedBackend
+from scstrata_service.runtime.forward import layer_states
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 N_LAYERS = 3
@@ -50,7 +53,7 @@ def references(folders) -> dict[str, torch.nn.Module]:
     }
 
 
-def make_cells(backend: GeneformerBackend, n_cells: int = 10, seed: int = 0):
+def make_cells(backend: PackedBackend, n_cells: int = 10, seed: int = 0):
     """Raw counts over most dictionary genes, one id of the mapping pickle, two unknown ids."""
     rng = np.random.default_rng(seed)
     dictionary = backend.tokenizer.genes
@@ -63,7 +66,7 @@ def make_cells(backend: GeneformerBackend, n_cells: int = 10, seed: int = 0):
 
 
 def cell_ids(tokens, i: int) -> torch.Tensor:
-    return torch.from_numpy(tokens.positions[tokens.offsets[i] : tokens.offsets[i + 1]])
+    return torch.from_numpy(tokens.token_ids[tokens.offsets[i] : tokens.offsets[i + 1]])
 
 
 def reference_states(model, tokens, padded: bool) -> list[list[np.ndarray]]:
@@ -101,18 +104,15 @@ def official_pooling(states: list[list[np.ndarray]], version: str) -> dict[str, 
 @pytest.mark.parametrize("version", ["V1", "V2"])
 @pytest.mark.parametrize("attention", ["per_cell", "nested"])
 def test_token_states_of_every_layer_equal_transformers(folders, references, version, attention):
-    backend = GeneformerBackend.load("gf", folders[version], attention=attention)
+    backend = geneformer.load("gf", folders[version], attention=attention)
     counts, genes = make_cells(backend)
     tokens = backend.tokenize(counts, genes, {})
     assert tokens.lengths.max() == INPUT_SIZE[version]  # some cells are truncated
     assert tokens.lengths.min() < INPUT_SIZE[version]
     layout = PackedLayout.from_offsets(tokens.offsets, torch.device("cpu"))
     with torch.no_grad():
-        ours = dict(
-            backend.encoder.layer_states(
-                torch.from_numpy(tokens.positions), layout, N_LAYERS, attention
-            )
-        )
+        readout = Readout(tuple(range(N_LAYERS + 1)), ("official",))
+        ours = dict(layer_states(backend.encoder, tokens, layout, readout, backend.policy))
     assert sorted(ours) == list(range(N_LAYERS + 1))
     for padded in (False, True):
         reference = reference_states(references[version], tokens, padded)
@@ -126,7 +126,7 @@ def test_token_states_of_every_layer_equal_transformers(folders, references, ver
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_every_pooling_at_every_layer_equals_the_official_extractor(folders, references, version):
-    backend = GeneformerBackend.load("gf", folders[version])
+    backend = geneformer.load("gf", folders[version])
     counts, genes = make_cells(backend, seed=4)
     tokens = backend.tokenize(counts, genes, {})
     poolings = sorted(backend.card.poolings)
@@ -142,8 +142,8 @@ def test_every_pooling_at_every_layer_equals_the_official_extractor(folders, ref
 
 
 def test_attention_implementations_agree(folders):
-    per_cell = GeneformerBackend.load("gf", folders["V2"], attention="per_cell")
-    nested = GeneformerBackend.load("gf", folders["V2"], attention="nested")
+    per_cell = geneformer.load("gf", folders["V2"], attention="per_cell")
+    nested = geneformer.load("gf", folders["V2"], attention="nested")
     counts, genes = make_cells(per_cell, seed=5)
     tokens = per_cell.tokenize(counts, genes, {})
     a = per_cell.embed(tokens, [1, 3], ["official", "cls"])
@@ -155,8 +155,8 @@ def test_attention_implementations_agree(folders):
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_small_token_budget_gives_the_same_numbers_as_one_batch(folders, version):
-    one_pass = GeneformerBackend.load("gf", folders[version], max_tokens=1_000_000)
-    many = GeneformerBackend.load("gf", folders[version], max_tokens=80)
+    one_pass = geneformer.load("gf", folders[version], max_tokens=1_000_000)
+    many = geneformer.load("gf", folders[version], max_tokens=80)
     counts, genes = make_cells(one_pass, n_cells=14, seed=6)
     tokens = one_pass.tokenize(counts, genes, {})
     assert tokens.lengths.sum() > 4 * 80  # so the budget really splits the cells
@@ -181,7 +181,7 @@ def test_config_activation_and_eps_are_honoured_and_bin_weights_load(tmp_path):
     # the older releases ship pytorch_model.bin instead of model.safetensors
     torch.save(reference.state_dict(), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    backend = GeneformerBackend.load("gf", folder)
+    backend = geneformer.load("gf", folder)
     assert backend.card.poolings == {"official": 32, "mean": 32}  # V1: no <cls>
     counts, genes = make_cells(backend, n_cells=4, seed=7)
     tokens = backend.tokenize(counts, genes, {})
@@ -195,14 +195,14 @@ def test_config_activation_and_eps_are_honoured_and_bin_weights_load(tmp_path):
 
 
 def test_card_labels_demo_weights_and_reads_the_release_layout(folders):
-    backend = GeneformerBackend.load("gf", folders["V2"])
+    backend = geneformer.load("gf", folders["V2"])
     card = backend.card
     assert card.family == "geneformer" and card.gene_id_kind == "ensembl"
     assert card.n_layers == N_LAYERS and card.hidden_size == 32 and card.vocab_size == 400
     assert card.demo_weights is True and card.checkpoint_digest.startswith("sha256:")
     assert backend.tokenizer.version == "V2" and backend.tokenizer.input_size == 64
     assert (backend.tokenizer.cls_id, backend.tokenizer.eos_id) == (2, 3)
-    assert GeneformerBackend.load("gf", folders["V1"]).tokenizer.cls_id is None
+    assert geneformer.load("gf", folders["V1"]).tokenizer.cls_id is None
 
 
 def test_dictionary_files_must_be_unambiguous_or_named(tmp_path, folders):
@@ -212,13 +212,13 @@ def test_dictionary_files_must_be_unambiguous_or_named(tmp_path, folders):
     shutil.copytree(folders["V2"], folder)
     shutil.copy(folder / "token_dictionary_gc104M.pkl", folder / "token_dictionary_copy.pkl")
     with pytest.raises(CheckpointError, match="token_dictionary"):
-        GeneformerBackend.load("gf", folder)
-    named = GeneformerBackend.load("gf", folder, token_dictionary="token_dictionary_copy.pkl")
+        geneformer.load("gf", folder)
+    named = geneformer.load("gf", folder, token_dictionary="token_dictionary_copy.pkl")
     assert named.tokenizer.version == "V2"
     (folder / "token_dictionary_copy.pkl").unlink()
     (folder / "gene_median_dictionary_gc104M.pkl").unlink()
     with pytest.raises(CheckpointError, match="gene_median"):
-        GeneformerBackend.load("gf", folder)
+        geneformer.load("gf", folder)
 
 
 def test_a_dictionary_of_another_release_is_refused(tmp_path, folders):
@@ -230,4 +230,4 @@ def test_a_dictionary_of_another_release_is_refused(tmp_path, folders):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(small / name, folder / name)  # weights with a 22-token vocabulary
     with pytest.raises(CheckpointError, match="vocab_size"):
-        GeneformerBackend.load("gf", folder)
+        geneformer.load("gf", folder)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scstrata_service.backend import InputError
+from scstrata_service.contract import InputError
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries, load_dictionaries
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
 from scstrata_service.families.geneformer.tokenizer import GeneformerTokenizer
@@ -49,7 +49,7 @@ def tiny(version: str, input_size: int) -> GeneformerTokenizer:
 
 
 def cells_of(tokens) -> list[list[int]]:
-    return [tokens.positions[s:e].tolist() for s, e in zip(tokens.offsets[:-1], tokens.offsets[1:])]
+    return [tokens.token_ids[s:e].tolist() for s, e in zip(tokens.offsets[:-1], tokens.offsets[1:])]
 
 
 def test_v2_hand_computed_ranking_with_cls_and_eos():
@@ -126,7 +126,7 @@ def reference_tokenize(dictionaries: GeneDictionaries, input_size: int, dense, g
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_vectorised_tokenizer_equals_a_per_cell_reference(tmp_path, version):
-    folder = fabricate_checkpoint(tmp_path, version=version, n_layers=1, hidden=8, heads=2)
+    folder = fabricate_checkpoint(tmp_path, version=version, n_layers=1, hidden=8, n_heads=2)
     dictionaries = load_dictionaries(folder)
     assert isinstance(next(iter(dictionaries.medians.values())), float)  # numpy scalars read
     tokenizer = GeneformerTokenizer(dictionaries, 40)

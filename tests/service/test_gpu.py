@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 
 from helpers import GPU_KERNEL_IDS, GPU_KERNELS, make_cells
 from reference_scfoundation import ScFoundationReference
@@ -28,7 +28,7 @@ def test_packed_bf16_on_cuda_matches_the_fp32_per_cell_reference(
     tiny_checkpoint, vocabulary, attention, compiled
 ):
     counts, genes = make_cells(vocabulary, n_cells=24, n_genes=1500, seed=51)
-    backend = ScFoundationBackend.load(
+    backend = scfoundation.load(
         "scf", tiny_checkpoint, attention=attention, compile_blocks=compiled
     )
     assert backend.device.type == "cuda" and backend.compute_dtype == torch.bfloat16
@@ -47,7 +47,7 @@ def test_packed_bf16_on_cuda_matches_the_fp32_per_cell_reference(
 
 
 def test_default_token_budget_comes_from_free_gpu_memory(tiny_checkpoint):
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint)
+    backend = scfoundation.load("scf", tiny_checkpoint)
     free, _ = torch.cuda.mem_get_info()
     assert 4096 <= backend.max_tokens <= min(1 << 20, free)
     assert backend.attention == "varlen"

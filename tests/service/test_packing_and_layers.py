@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scstrata_service.backend import TokenizedCells
+from scstrata_service.contract import TokenizedCells
 from scstrata_service.layers import LayerError, resolve_layers
-from scstrata_service.packing import (
+from scstrata_service.runtime.batching import (
     AcceleratorOutOfMemory,
     embed_in_batches,
     pass_observer,
@@ -19,7 +19,9 @@ from scstrata_service.packing import (
 def cells_of(lengths) -> TokenizedCells:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.arange(offsets[-1], dtype=np.float32)
-    return TokenizedCells(values, np.zeros(offsets[-1], dtype=np.int64), offsets)
+    return TokenizedCells(
+        token_ids=np.zeros(offsets[-1], dtype=np.int64), values=values, offsets=offsets
+    )
 
 
 def sum_forward(batch: TokenizedCells) -> dict:

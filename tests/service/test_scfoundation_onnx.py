@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
-from scstrata_service.families.scfoundation.onnx_runtime import OnnxScFoundationBackend
+from scstrata_service.families import scfoundation
+from scstrata_service.families.scfoundation.onnx_runtime import OnnxBlocks
 from scstrata_service.launcher import running_service
 
 from helpers import embed_item, make_cells
@@ -25,7 +25,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 @pytest.fixture(scope="module")
 def onnx_backend(tiny_checkpoint, tmp_path_factory):
     cache = tmp_path_factory.mktemp("onnx-cache")
-    return ScFoundationBackend.load("scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=cache)
+    return scfoundation.load("scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=cache)
 
 
 def assert_same(a, b, layers, poolings=POOLINGS):
@@ -35,7 +35,7 @@ def assert_same(a, b, layers, poolings=POOLINGS):
 
 
 def test_the_onnx_runtime_has_the_same_card(onnx_backend, tiny_backend):
-    assert isinstance(onnx_backend, OnnxScFoundationBackend)
+    assert isinstance(onnx_backend.blocks, OnnxBlocks)
     assert onnx_backend.card == tiny_backend.card
 
 
@@ -56,11 +56,11 @@ def test_batch_and_sequence_axes_are_dynamic(
 ):
     """A small token budget splits the cells into batches of other shapes than one pass."""
     counts, genes = make_cells(vocabulary, n_cells=15, seed=3)
-    small = ScFoundationBackend.load(
+    small = scfoundation.load(
         "scf",
         tiny_checkpoint,
         runtime="onnx",
-        onnx_cache_dir=onnx_backend.cache_dir.parent,
+        onnx_cache_dir=onnx_backend.blocks.cache_dir.parent,
         max_tokens=300,
     )
     tokens = tiny_backend.tokenize(counts, genes, {})
@@ -68,7 +68,7 @@ def test_batch_and_sequence_axes_are_dynamic(
     assert_same(small.embed(tokens, [1, 3], ["official"]), expected, [1, 3], ["official"])
     assert_same(onnx_backend.embed(tokens, [1, 3], ["official"]), expected, [1, 3], ["official"])
 
-    session = onnx_backend.session(3)
+    session = onnx_backend.blocks.session(3)
     dim = tiny_backend.card.hidden_size
     for shape in [(1, 7), (4, 23)]:
         x = np.random.default_rng(0).standard_normal((*shape, dim)).astype(np.float32)
@@ -79,31 +79,27 @@ def test_batch_and_sequence_axes_are_dynamic(
 def test_early_exit_exports_and_uses_a_shallower_graph(
     tiny_checkpoint, tmp_path, tiny_backend, vocabulary
 ):
-    backend = ScFoundationBackend.load(
-        "scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=tmp_path
-    )
+    backend = scfoundation.load("scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=tmp_path)
     counts, genes = make_cells(vocabulary, n_cells=4, seed=9)
     tokens = backend.tokenize(counts, genes, {})
     backend.embed(tokens, [0], ["S"])  # layer 0 runs in torch: no graph at all
-    assert backend.exported == [] and not list(tmp_path.rglob("*.onnx"))
+    assert backend.blocks.exported == [] and not list(tmp_path.rglob("*.onnx"))
     got = backend.embed(tokens, [1], POOLINGS)
-    assert backend.exported == [1] and list(backend.sessions) == [1]
+    assert backend.blocks.exported == [1] and list(backend.blocks.sessions) == [1]
     assert [p.name for p in tmp_path.rglob("*.onnx")] == ["blocks-1-to-1-of-3.onnx"]
-    assert len(backend.sessions[1].get_outputs()) == 1  # the depth-1 graph has one block
+    assert len(backend.blocks.sessions[1].get_outputs()) == 1  # the depth-1 graph has one block
     assert_same(got, tiny_backend.embed(tokens, [1], POOLINGS), [1])
     backend.embed(tokens, [0, 2], ["S"])
-    assert backend.exported == [1, 2]
+    assert backend.blocks.exported == [1, 2]
 
-    again = ScFoundationBackend.load(
-        "scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=tmp_path
-    )
+    again = scfoundation.load("scf", tiny_checkpoint, runtime="onnx", onnx_cache_dir=tmp_path)
     assert_same(again.embed(tokens, [1], POOLINGS), got, [1])
-    assert again.exported == []  # the cached .onnx file was reused
+    assert again.blocks.exported == []  # the cached .onnx file was reused
 
 
 def test_an_unknown_runtime_is_refused(tiny_checkpoint):
     with pytest.raises(ValueError, match="runtime must be one of"):
-        ScFoundationBackend.load("scf", tiny_checkpoint, runtime="tensorrt")
+        scfoundation.load("scf", tiny_checkpoint, runtime="tensorrt")
 
 
 def test_a_served_onnx_model_answers_like_in_process(

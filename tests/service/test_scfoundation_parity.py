@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 from scstrata_service.families.scfoundation.checkpoint import CheckpointError, load_checkpoint
 
 from helpers import make_cells
@@ -39,7 +39,7 @@ def test_every_layer_and_pooling_matches_the_per_cell_reference(
     tiny_checkpoint, vocabulary, attention
 ):
     counts, genes = make_cells(vocabulary)
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint, attention=attention)
+    backend = scfoundation.load("scf", tiny_checkpoint, attention=attention)
     tokens = backend.tokenize(counts, genes, {})
     pooled = backend.embed(tokens, [0, 1, 2, 3], POOLINGS)
     assert_matches(pooled, reference_all(tiny_checkpoint, counts, genes), range(4))
@@ -47,8 +47,8 @@ def test_every_layer_and_pooling_matches_the_per_cell_reference(
 
 def test_small_token_budget_gives_the_same_numbers_as_one_batch(tiny_checkpoint, vocabulary):
     counts, genes = make_cells(vocabulary, n_cells=15, seed=3)
-    one_pass = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=1_000_000)
-    many = ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=300)
+    one_pass = scfoundation.load("scf", tiny_checkpoint, max_tokens=1_000_000)
+    many = scfoundation.load("scf", tiny_checkpoint, max_tokens=300)
     tokens = one_pass.tokenize(counts, genes, {})
     assert tokens.lengths.max() > 150  # so a budget of 300 really splits the cells
     a = one_pass.embed(tokens, [1, 3], ["official"])
@@ -66,7 +66,7 @@ def test_preprocessing_options_match_the_reference(tiny_checkpoint, vocabulary, 
     if options.get("pre_normalized"):
         counts = counts.copy()
         counts.data = np.log1p(counts.data)  # any positive log-scale values
-    backend = ScFoundationBackend.load("scf", tiny_checkpoint)
+    backend = scfoundation.load("scf", tiny_checkpoint)
     pooled = backend.embed(backend.tokenize(counts, genes, options), [0, 3], POOLINGS)
     reference = reference_all(tiny_checkpoint, counts, genes, **options)
     assert_matches(pooled, reference, [0, 3])
@@ -76,7 +76,7 @@ def test_gene_and_rde_versions_are_selectable_and_differ(tiny_checkpoint, vocabu
     counts, genes = make_cells(vocabulary, n_cells=4)
     out = {}
     for version in ("cell", "rde"):
-        backend = ScFoundationBackend.load("scf", tiny_checkpoint, version=version)
+        backend = scfoundation.load("scf", tiny_checkpoint, version=version)
         out[version] = backend.embed(backend.tokenize(counts, genes, {}), [3], ["S"])["S"][3]
         reference = reference_all(tiny_checkpoint, counts, genes, version=version)
         assert_matches({"S": {3: out[version]}}, reference, [3], ["S"])
@@ -87,7 +87,7 @@ def test_only_encoder_weights_are_kept_and_decoder_keys_are_ignored(tiny_checkpo
     raw = torch.load(tiny_checkpoint, weights_only=True)["cell"]["state_dict"]
     assert any(k.startswith("model.decoder.") for k in raw)
     loaded = load_checkpoint(tiny_checkpoint)
-    assert loaded.encoder_state  # and the encoder loads strictly in ScFoundationBackend.load
+    assert loaded.encoder_state  # and the encoder loads strictly in scfoundation.load
     assert all(k.split(".")[0] in {"token_emb", "pos_emb", "encoder"} for k in loaded.encoder_state)
     assert loaded.config.depth == 3 and loaded.config.seq_len == 19_266
 

@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scstrata_service.backend import InputError
-from scstrata_service.families.scgpt.backend import ScGPTBackend
+from scstrata_service.contract import InputError
+from scstrata_service.families import scgpt
 from scstrata_service.families.scgpt.checkpoint import (
     ENCODER_PREFIXES,
     CheckpointError,
@@ -28,7 +28,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(folder):
-    return ScGPTBackend.load("sg", folder)
+    return scgpt.load("sg", folder)
 
 
 def cells(n_cells=3, n_genes=40, seed=0):
@@ -44,7 +44,7 @@ def test_the_card_describes_the_checkpoint(backend):
     assert card.poolings == {"official": 32, "cls": 32, "mean": 32}
     assert card.gene_id_kind == "symbol" and card.vocab_size == 500
     assert card.demo_weights is True and card.checkpoint_digest.startswith("sha256:")
-    assert set(card.options) == {"max_length", "subsample", "ties", "seed"}
+    assert set(card.options) == {"final_norm", "max_length", "subsample", "ties", "seed"}
 
 
 def test_only_encoder_tensors_are_kept_and_specials_are_not_genes(folder, backend):
@@ -63,7 +63,7 @@ def test_demo_weights_flag_comes_from_args_json(tmp_path):
     args = json.loads((folder / "args.json").read_text())
     del args["demo_weights"]
     (folder / "args.json").write_text(json.dumps(args))
-    assert ScGPTBackend.load("sg", folder).card.demo_weights is False
+    assert scgpt.load("sg", folder).card.demo_weights is False
 
 
 def test_missing_special_tokens_are_appended_as_upstream(tmp_path, folder, backend):
@@ -74,7 +74,7 @@ def test_missing_special_tokens_are_appended_as_upstream(tmp_path, folder, backe
     assert load_checkpoint(other).vocabulary["<eoc>"] == 502
     genes = backend.known_genes()[:40]
     a = backend.embed(backend.tokenize(cells(), genes, {}), [3], ["cls"])["cls"][3]
-    b = ScGPTBackend.load("sg", other)
+    b = scgpt.load("sg", other)
     np.testing.assert_array_equal(
         a, b.embed(b.tokenize(cells(), genes, {}), [3], ["cls"])["cls"][3]
     )
@@ -146,7 +146,7 @@ def test_a_wrong_release_is_refused_naming_the_file_and_tensor(tmp_path, damage)
     else:
         _rewrite(folder, *edit)
     with pytest.raises(CheckpointError, match=message):
-        ScGPTBackend.load("sg", folder)
+        scgpt.load("sg", folder)
 
 
 def test_gene_symbols_match_exactly_and_unknown_ones_are_reported(backend):
@@ -155,7 +155,7 @@ def test_gene_symbols_match_exactly_and_unknown_ones_are_reported(backend):
     lowered = [genes[0].lower()] + genes[1:]
     tokens = backend.tokenize(counts, lowered + ["NOT_A_GENE"], {})
     assert tokens.unmapped_genes == [genes[0].lower(), "NOT_A_GENE"]
-    first = tokens.positions[tokens.offsets[0] : tokens.offsets[1]]
+    first = tokens.token_ids[tokens.offsets[0] : tokens.offsets[1]]
     assert first[0] == 501 and backend.tokenizer.index[genes[0]] not in first
 
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scstrata_service.families.scgpt.backend import ScGPTBackend
+from scstrata_service.families import scgpt
 from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint
 
 from helpers import GPU_KERNEL_IDS, GPU_KERNELS
@@ -26,8 +26,8 @@ POOLINGS = ["official", "cls", "mean"]
 @pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
 def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, hidden=64, n_heads=4, n_genes=2000)
-    cpu = ScGPTBackend.load("sg", folder, device="cpu")
-    gpu = ScGPTBackend.load("sg", folder, attention=attention, compile_blocks=compiled)
+    cpu = scgpt.load("sg", folder, device="cpu")
+    gpu = scgpt.load("sg", folder, attention=attention, compile_blocks=compiled)
     assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = cpu.known_genes()

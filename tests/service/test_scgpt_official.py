@@ -40,8 +40,8 @@ import pytest
 import scipy.sparse as sp
 from reference_scgpt import ScGPTReference
 
-from scstrata_service.backend import TokenizedCells
-from scstrata_service.families.scgpt.backend import ScGPTBackend
+from scstrata_service.contract import TokenizedCells
+from scstrata_service.families import scgpt
 from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint
 
 PYTHON = os.environ.get("SCGPT_OFFICIAL_PYTHON")
@@ -205,9 +205,9 @@ def official_tokens(official, n_cells) -> TokenizedCells:
     values = [official[f"values_{c}"] for c in range(n_cells)]
     lengths = [len(i) for i in ids]
     return TokenizedCells(
-        np.concatenate(values).astype(np.float32),
-        np.concatenate(ids).astype(np.int64),
-        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        token_ids=np.concatenate(ids).astype(np.int64),
+        values=np.concatenate(values).astype(np.float32),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
     )
 
 
@@ -226,13 +226,13 @@ def assert_layers_match(pooled, official, n_cells, n_layers=3):
 
 def test_cells_without_ties_give_the_official_tokens_and_every_layer(tmp_path):
     folder = fabricate_checkpoint(tmp_path / "sg", d_hid=48)
-    backend = ScGPTBackend.load("sg", folder)
+    backend = scgpt.load("sg", folder)
     counts, genes = make_cells(backend, 5, ties=False)
     official = run_official(tmp_path, folder, counts, genes)
     tokens = backend.tokenize(counts, genes, {"max_length": 100_000})
     for c in range(counts.shape[0]):
         s, e = tokens.offsets[c], tokens.offsets[c + 1]
-        np.testing.assert_array_equal(tokens.positions[s:e], official[f"genes_{c}"])
+        np.testing.assert_array_equal(tokens.token_ids[s:e], official[f"genes_{c}"])
         np.testing.assert_array_equal(tokens.values[s:e], official[f"values_{c}"])
     pooled = backend.embed(tokens, range(4), POOLINGS)
     assert_layers_match(pooled, official, counts.shape[0])
@@ -240,7 +240,7 @@ def test_cells_without_ties_give_the_official_tokens_and_every_layer(tmp_path):
 
 def test_tied_raw_counts_official_bins_lie_in_range_and_the_encoder_matches(tmp_path):
     folder = fabricate_checkpoint(tmp_path / "sg", d_hid=48)
-    backend = ScGPTBackend.load("sg", folder)
+    backend = scgpt.load("sg", folder)
     n_cells = 6
     counts, genes = make_cells(backend, n_cells, ties=True)
     official = run_official(tmp_path, folder, counts, genes)

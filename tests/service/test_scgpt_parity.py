@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from reference_scgpt import ScGPTReference
 
-from scstrata_service.families.scgpt.backend import ScGPTBackend
+from scstrata_service.families import scgpt
 from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint
 
 POOLINGS = ["official", "cls", "mean"]
@@ -26,7 +26,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(folder):
-    return ScGPTBackend.load("sg", folder)
+    return scgpt.load("sg", folder)
 
 
 def make_cells(backend, n_cells=8, n_genes=150, seed=0):
@@ -43,7 +43,7 @@ def make_cells(backend, n_cells=8, n_genes=150, seed=0):
 def per_cell(tokens):
     """Each cell's (token ids, values) of a packed batch."""
     return [
-        (tokens.positions[s:e], tokens.values[s:e])
+        (tokens.token_ids[s:e], tokens.values[s:e])
         for s, e in zip(tokens.offsets[:-1], tokens.offsets[1:])
     ]
 
@@ -75,7 +75,7 @@ def assert_matches(pooled, reference, layers=LAYERS):
 
 @pytest.mark.parametrize("attention", ["per_cell", "nested"])
 def test_every_layer_and_pooling_matches_the_reference(folder, attention):
-    backend = ScGPTBackend.load("sg", folder, attention=attention)
+    backend = scgpt.load("sg", folder, attention=attention)
     counts, genes = make_cells(backend)
     tokens = backend.tokenize(counts, genes, {"ties": "middle"})
     assert tokens.lengths.max() > 40 and tokens.unmapped_genes == genes[-2:]
@@ -105,8 +105,8 @@ def test_a_packed_batch_equals_each_cell_alone(backend):
 
 
 def test_a_small_token_budget_gives_the_same_numbers_as_one_batch(folder):
-    one_pass = ScGPTBackend.load("sg", folder, max_tokens=1_000_000)
-    many = ScGPTBackend.load("sg", folder, max_tokens=100)
+    one_pass = scgpt.load("sg", folder, max_tokens=1_000_000)
+    many = scgpt.load("sg", folder, max_tokens=100)
     counts, genes = make_cells(one_pass, n_cells=12, seed=3)
     tokens = one_pass.tokenize(counts, genes, {})
     assert tokens.lengths.max() > 40  # so a budget of 100 tokens really splits the cells
@@ -134,5 +134,5 @@ def test_a_release_saved_without_flash_attn_gives_the_same_numbers(tmp_path, fol
     counts, genes = make_cells(backend, n_cells=4, seed=5)
     tokens = backend.tokenize(counts, genes, {})
     a = backend.embed(tokens, [3], ["cls"])["cls"][3]
-    b = ScGPTBackend.load("sg", other).embed(tokens, [3], ["cls"])["cls"][3]
+    b = scgpt.load("sg", other).embed(tokens, [3], ["cls"])["cls"][3]
     np.testing.assert_array_equal(a, b)

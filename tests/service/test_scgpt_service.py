@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scstrata_service.cli import main as cli_main
-from scstrata_service.families import FAMILIES
+from scstrata_service.families import load
 from scstrata_service.launcher import running_service
 
 from helpers import embed_item
@@ -22,7 +22,7 @@ def test_the_cli_fabricates_a_release_the_server_embeds_like_in_process(tmp_path
     assert cli_main(argv) == 0
     assert "RANDOM DEMO WEIGHTS" in capsys.readouterr().out
     assert {p.name for p in folder.iterdir()} == {"args.json", "vocab.json", "best_model.pt"}
-    local = FAMILIES["scgpt"]("sg", folder)
+    local = load("scgpt", "sg", folder)
     rng = np.random.default_rng(21)
     genes = list(rng.choice(local.known_genes(), 120, replace=False)) + ["NOT_A_GENE"]
     dense = rng.poisson(1.5, (7, len(genes))) * (rng.random((7, len(genes))) < 0.3)

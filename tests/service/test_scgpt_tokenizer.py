@@ -8,8 +8,8 @@ import pytest
 import scipy.sparse as sp
 from reference_scgpt import ScGPTReference
 
-from scstrata_service.backend import TokenizedCells
-from scstrata_service.families.scgpt.backend import ScGPTBackend
+from scstrata_service.contract import TokenizedCells
+from scstrata_service.families import scgpt
 from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint
 
 
@@ -20,7 +20,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(folder):
-    return ScGPTBackend.load("sg", folder)
+    return scgpt.load("sg", folder)
 
 
 def one_cell(values, genes):
@@ -47,7 +47,7 @@ def test_distinct_values_bin_by_rank_as_the_quantile_edges_say(backend, n):
     values = rng.permutation(np.arange(1, n + 1) * 3.0)
     counts, genes = one_cell(values, backend.known_genes()[:n])
     tokens = backend.tokenize(counts, genes, {})
-    assert tokens.positions[0] == backend.tokenizer.cls_id and tokens.values[0] == -2.0
+    assert tokens.token_ids[0] == backend.tokenizer.cls_id and tokens.values[0] == -2.0
     rank = np.argsort(np.argsort(values))
     expected = rank + 1 if n == 50 else rank // 2 + 1
     np.testing.assert_array_equal(bins_of(tokens), expected)
@@ -76,8 +76,8 @@ def test_tied_values_get_a_bin_in_the_official_range_deterministically(backend):
     # the same cell in another column order, or with another cell beside it, draws the same
     order = np.random.default_rng(1).permutation(len(genes))
     shuffled = backend.tokenize(counts[:, order], [genes[i] for i in order], {})
-    by_gene = dict(zip(shuffled.positions[1:], bins_of(shuffled)))
-    ids = backend.tokenize(counts, genes, {}).positions[1:]
+    by_gene = dict(zip(shuffled.token_ids[1:], bins_of(shuffled)))
+    ids = backend.tokenize(counts, genes, {}).token_ids[1:]
     np.testing.assert_array_equal([by_gene[i] for i in ids], drawn)
     other, _ = tied_cell(backend, seed=5)
     pair = backend.tokenize(sp.vstack([other, counts]).tocsr(), genes, {})
@@ -135,9 +135,9 @@ def test_the_embeddings_of_either_rule_against_official_draws(backend):
         n, length = len(draws), tokens.lengths[0]
         values = np.concatenate([np.concatenate([[-2.0], bins]) for bins in draws])
         cells = TokenizedCells(
-            values.astype(np.float32),
-            np.tile(tokens.positions, n),
-            np.arange(n + 1, dtype=np.int64) * length,
+            token_ids=np.tile(tokens.token_ids, n),
+            values=values.astype(np.float32),
+            offsets=np.arange(n + 1, dtype=np.int64) * length,
         )
         return backend.embed(cells, [3], ["official"])["official"][3].astype(np.float64)
 
@@ -165,8 +165,8 @@ def test_bins_come_from_the_whole_cell_before_sampling(backend):
         whole = backend.tokenize(counts, genes, {"ties": ties})
         short = backend.tokenize(counts, genes, {"ties": ties, "max_length": 30})
         assert short.lengths[0] == 30
-        by_gene = dict(zip(whole.positions[1:], bins_of(whole)))
-        np.testing.assert_array_equal(bins_of(short), [by_gene[i] for i in short.positions[1:]])
+        by_gene = dict(zip(whole.token_ids[1:], bins_of(whole)))
+        np.testing.assert_array_equal(bins_of(short), [by_gene[i] for i in short.token_ids[1:]])
 
 
 def test_top_subsample_keeps_the_most_expressed_genes_in_column_order(backend):
@@ -174,11 +174,11 @@ def test_top_subsample_keeps_the_most_expressed_genes_in_column_order(backend):
     counts, genes = one_cell(values, backend.known_genes()[:100])
     tokens = backend.tokenize(counts, genes, {"max_length": 11, "subsample": "top"})
     expected = [backend.tokenizer.index[g] for g in genes[:10]]
-    np.testing.assert_array_equal(tokens.positions[1:], expected)
+    np.testing.assert_array_equal(tokens.token_ids[1:], expected)
 
 
 def test_a_symbol_sent_twice_gives_two_tokens_as_upstream(backend):
     gene = backend.known_genes()[0]
     counts, genes = one_cell([3.0, 5.0, 1.0], [gene, gene, backend.known_genes()[1]])
     tokens = backend.tokenize(counts, genes, {})
-    assert list(tokens.positions[1:]).count(backend.tokenizer.index[gene]) == 2
+    assert list(tokens.token_ids[1:]).count(backend.tokenizer.index[gene]) == 2

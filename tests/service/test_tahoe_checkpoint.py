@@ -11,9 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from scstrata_service.backend import InputError
-from scstrata_service.families import FAMILIES
-from scstrata_service.families.tahoe.backend import TahoeBackend
+from scstrata_service.contract import InputError
+from scstrata_service.families import load, tahoe
 from scstrata_service.families.tahoe.checkpoint import (
     ENCODER_PREFIXES,
     CheckpointError,
@@ -29,7 +28,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(folder):
-    return TahoeBackend.load("tx", folder)
+    return tahoe.load("tx", folder)
 
 
 def genes_of(folder, n=40):
@@ -50,7 +49,7 @@ def test_the_card_describes_the_checkpoint(backend):
     assert card.poolings == {"official": 32, "cls": 32, "mean": 32}
     assert card.gene_id_kind == "ensembl" and card.vocab_size == 500
     assert card.demo_weights is True and card.checkpoint_digest.startswith("sha256:")
-    assert set(card.options) == {"max_length", "subsample", "seed"}
+    assert set(card.options) == {"final_norm", "max_length", "subsample", "seed"}
     assert "this model: 64" in card.options["max_length"]
 
 
@@ -63,7 +62,7 @@ def test_decoder_flag_and_chemical_weights_are_ignored(tmp_path):
     assert loaded.encoder_state and all(
         k.startswith(ENCODER_PREFIXES) for k in loaded.encoder_state
     )
-    TahoeBackend.load("tx", folder)  # the encoder loads these weights strictly
+    tahoe.load("tx", folder)  # the encoder loads these weights strictly
 
 
 def test_a_composer_checkpoint_gives_the_same_numbers_as_safetensors(tmp_path, folder):
@@ -72,7 +71,7 @@ def test_a_composer_checkpoint_gives_the_same_numbers_as_safetensors(tmp_path, f
     counts, genes = cells(), genes_of(folder)
     out = []
     for path in (folder, composer / "best-model.pt"):
-        b = TahoeBackend.load("tx", path)
+        b = tahoe.load("tx", path)
         out.append(b.embed(b.tokenize(counts, genes, {}), [2], ["cls"])["cls"][2])
     np.testing.assert_array_equal(out[0], out[1])
 
@@ -82,7 +81,7 @@ def test_demo_weights_flag_comes_from_the_model_config(tmp_path):
     config = yaml.safe_load((folder / "model_config.yml").read_text())
     del config["demo_weights"]
     (folder / "model_config.yml").write_text(yaml.safe_dump(config))
-    assert TahoeBackend.load("tx", folder).card.demo_weights is False
+    assert tahoe.load("tx", folder).card.demo_weights is False
 
 
 def _rewrite_model_config(folder, **changes):
@@ -109,7 +108,7 @@ def _rewrite_model_config(folder, **changes):
     ],
 )
 def test_a_wrong_layout_is_refused_with_a_clear_error(tmp_path, damage, message):
-    folder = fabricate_checkpoint(tmp_path, d_model=32, n_heads=4)
+    folder = fabricate_checkpoint(tmp_path, hidden=32, n_heads=4)
     if damage == "no_vocab":
         (folder / "vocab.json").unlink()
     elif damage == "no_weights":
@@ -127,7 +126,7 @@ def test_a_wrong_layout_is_refused_with_a_clear_error(tmp_path, damage, message)
     elif damage == "rmsnorm":
         _rewrite_model_config(folder, norm_config__norm_type="rmsnorm")
     with pytest.raises(CheckpointError, match=message):
-        FAMILIES["tahoe"]("tx", folder)
+        load("tahoe", "tx", folder)
 
 
 def test_versioned_ensembl_ids_map_and_unknown_genes_are_reported(backend, folder):
@@ -137,8 +136,8 @@ def test_versioned_ensembl_ids_map_and_unknown_genes_are_reported(backend, folde
     plain = backend.tokenize(counts, genes, {})
     mixed = backend.tokenize(counts, versioned, {})
     np.testing.assert_array_equal(
-        plain.positions[plain.offsets[0] : plain.offsets[1]][:20],
-        mixed.positions[mixed.offsets[0] : mixed.offsets[1]][:20],
+        plain.token_ids[plain.offsets[0] : plain.offsets[1]][:20],
+        mixed.token_ids[mixed.offsets[0] : mixed.offsets[1]][:20],
     )
     assert mixed.unmapped_genes == ["ENSG00000000000", "GAPDH"]
 

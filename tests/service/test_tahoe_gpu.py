@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scstrata_service.families.tahoe.backend import TahoeBackend
+from scstrata_service.families import tahoe
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
 
 from helpers import GPU_KERNEL_IDS, GPU_KERNELS
@@ -27,10 +27,10 @@ POOLINGS = ["official", "cls", "mean"]
 @pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
 def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled, n_kv_heads):
     folder = fabricate_checkpoint(
-        tmp_path, d_model=64, n_heads=4, n_kv_heads=n_kv_heads, vocab_genes=2000, max_length=512
+        tmp_path, hidden=64, n_heads=4, n_kv_heads=n_kv_heads, vocab_genes=2000, max_length=512
     )
-    cpu = TahoeBackend.load("tx", folder, device="cpu")
-    gpu = TahoeBackend.load("tx", folder, attention=attention, compile_blocks=compiled)
+    cpu = tahoe.load("tx", folder, device="cpu")
+    gpu = tahoe.load("tx", folder, attention=attention, compile_blocks=compiled)
     assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.index)

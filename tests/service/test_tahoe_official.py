@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scstrata_service.families.tahoe.backend import TahoeBackend
+from scstrata_service.families import tahoe
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
 
 PYTHON = os.environ.get("TAHOE_OFFICIAL_PYTHON")
@@ -159,13 +159,13 @@ def test_tokens_and_every_layer_equal_the_official_modules(tmp_path, variant):
     subprocess.run(run, check=True, env=env, cwd=tmp_path, timeout=300)
     official = np.load(tmp_path / "out.npz")
 
-    backend = TahoeBackend.load("tx", folder)
+    backend = tahoe.load("tx", folder)
     tokens = backend.tokenize(counts, genes, {"max_length": 100_000})
     pooled = backend.embed(tokens, range(4), ["official", "cls", "mean"])
     style = variant.get("cell_emb_style", "cls")
     for c in range(counts.shape[0]):
         s, e = tokens.offsets[c], tokens.offsets[c + 1]
-        np.testing.assert_array_equal(tokens.positions[s:e], official[f"genes_{c}"])
+        np.testing.assert_array_equal(tokens.token_ids[s:e], official[f"genes_{c}"])
         np.testing.assert_array_equal(tokens.values[s:e], official[f"values_{c}"])
         cell = official[f"cell_emb_{c}"]
         np.testing.assert_allclose(pooled["official"][3][c], cell / np.linalg.norm(cell), atol=1e-5)

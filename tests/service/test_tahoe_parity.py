@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 from reference_tahoe import TahoeReference
 
-from scstrata_service.families.tahoe.backend import TahoeBackend
+from scstrata_service.families import tahoe
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
 
 POOLINGS = ["official", "cls", "mean"]
@@ -28,7 +28,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(folder):
-    return TahoeBackend.load("tx", folder)
+    return tahoe.load("tx", folder)
 
 
 def vocabulary_genes(folder) -> list[str]:
@@ -66,7 +66,7 @@ def assert_matches(pooled, reference, layers, poolings=POOLINGS):
 @pytest.mark.parametrize("attention", ["per_cell", "nested"])
 def test_every_layer_and_pooling_matches_the_reference(folder, attention):
     counts, genes = make_cells(folder)
-    backend = TahoeBackend.load("tx", folder, attention=attention)
+    backend = tahoe.load("tx", folder, attention=attention)
     tokens = backend.tokenize(counts, genes, NO_TRUNCATION)
     assert tokens.lengths.max() > 40 and tokens.unmapped_genes == genes[-2:]
     pooled = backend.embed(tokens, [0, 1, 2, 3], POOLINGS)
@@ -79,7 +79,7 @@ def test_both_attention_implementations_give_the_same_numbers(folder):
     counts, genes = make_cells(folder, seed=1)
     out = {}
     for impl in ("per_cell", "nested"):
-        backend = TahoeBackend.load("tx", folder, attention=impl)
+        backend = tahoe.load("tx", folder, attention=impl)
         out[impl] = backend.embed(backend.tokenize(counts, genes, {}), [1, 3], ["cls", "mean"])
     for pooling in ("cls", "mean"):
         for k in (1, 3):
@@ -101,8 +101,8 @@ def test_a_packed_batch_equals_each_cell_alone(backend, folder):
 
 def test_a_small_token_budget_gives_the_same_numbers_as_one_batch(folder):
     counts, genes = make_cells(folder, n_cells=15, seed=3)
-    one_pass = TahoeBackend.load("tx", folder, max_tokens=1_000_000)
-    many = TahoeBackend.load("tx", folder, max_tokens=100)
+    one_pass = tahoe.load("tx", folder, max_tokens=1_000_000)
+    many = tahoe.load("tx", folder, max_tokens=100)
     tokens = one_pass.tokenize(counts, genes, {})
     assert tokens.lengths.max() > 40  # so a budget of 100 tokens really splits the cells
     a = one_pass.embed(tokens, [1, 3], POOLINGS)
@@ -126,7 +126,7 @@ def test_a_small_token_budget_gives_the_same_numbers_as_one_batch(folder):
 def test_config_variants_match_the_reference(tmp_path, variant):
     folder = fabricate_checkpoint(tmp_path, seed=5, **variant)
     counts, genes = make_cells(folder, n_cells=5, seed=4)
-    backend = TahoeBackend.load("tx", folder)
+    backend = tahoe.load("tx", folder)
     pooled = backend.embed(backend.tokenize(counts, genes, NO_TRUNCATION), [0, 1, 3], POOLINGS)
     assert_matches(pooled, reference_all(folder, counts, genes, max_length=10_000), [0, 1, 3])
 
@@ -137,7 +137,7 @@ def test_three_b_style_chemical_config_keeps_its_first_gene_unbinned(tmp_path):
     # expressed gene keeps its raw value and is never subsampled away.
     folder = fabricate_checkpoint(tmp_path, use_chem_token=True, keep_first_n_tokens=2)
     counts, genes = make_cells(folder, n_cells=6, seed=6)
-    backend = TahoeBackend.load("tx", folder)
+    backend = tahoe.load("tx", folder)
     tokens = backend.tokenize(counts, genes, {"subsample": "top"})
     first = counts[0].toarray().ravel()
     assert tokens.values[1] == first[np.flatnonzero(first)[0]]  # raw count, not a bin
@@ -157,7 +157,7 @@ def test_random_subsample_is_deterministic_per_cell_and_seed(backend, folder):
     counts, genes = make_cells(folder, n_cells=6, n_genes=300, seed=8)
     first = backend.tokenize(counts, genes, {})
     again = backend.tokenize(counts, genes, {})
-    np.testing.assert_array_equal(first.positions, again.positions)
+    np.testing.assert_array_equal(first.token_ids, again.token_ids)
     a = backend.embed(first, [3], ["official"])["official"][3]
     b = backend.embed(again, [3], ["official"])["official"][3]
     np.testing.assert_array_equal(a, b)
@@ -165,11 +165,11 @@ def test_random_subsample_is_deterministic_per_cell_and_seed(backend, folder):
     order = np.random.default_rng(0).permutation(len(genes))
     shuffled = backend.tokenize(counts[::-1][:, order], [genes[i] for i in order], {})
     last = shuffled.select(np.array([shuffled.n_cells - 1]))
-    assert sorted(last.positions) == sorted(first.select(np.array([0])).positions)
+    assert sorted(last.token_ids) == sorted(first.select(np.array([0])).token_ids)
     assert first.lengths.max() == 64
     # another seed draws another subset; the reference agrees on whatever subset was drawn
     other = backend.tokenize(counts, genes, {"seed": 1})
-    assert not np.array_equal(np.sort(other.positions), np.sort(first.positions))
-    subsets = [first.positions[s:e] for s, e in zip(first.offsets[:-1], first.offsets[1:])]
+    assert not np.array_equal(np.sort(other.token_ids), np.sort(first.token_ids))
+    subsets = [first.token_ids[s:e] for s, e in zip(first.offsets[:-1], first.offsets[1:])]
     reference = reference_all(folder, counts, genes, subsets=subsets)
     assert_matches(backend.embed(first, [0, 3], POOLINGS), reference, [0, 3])

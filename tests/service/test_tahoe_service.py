@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from scstrata_service.families.tahoe.backend import TahoeBackend
+from scstrata_service.families import tahoe
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
 from scstrata_service.launcher import running_service
 
@@ -26,7 +26,7 @@ def test_the_server_lists_the_card_and_embeds_every_layer_like_in_process(tmp_pa
     dense = rng.poisson(1.5, (7, len(genes))) * (rng.random((7, len(genes))) < 0.3)
     dense[:, 0] += 1
     counts = sp.csr_matrix(dense.astype(np.float64))
-    local = TahoeBackend.load("tx", folder)
+    local = tahoe.load("tx", folder)
     with running_service([f"tx=tahoe:{folder}"]) as url:
         (card,) = httpx.get(f"{url}/models", timeout=10).json()
         assert card["name"] == "tx" and card["family"] == "tahoe" and card["n_layers"] == 3

@@ -193,7 +193,7 @@ class AsyncClient(ClientBase):
         # replies exist at once; each is dropped once accepted.
         window = self.max_concurrency * len(self._replicas)
         todo = iter(tasks)
-        pending: set[asyncio.Future[tuple[ChunkTask, ChunkResult]]] = set()
+        pending: set[asyncio.Future[tuple[ChunkTask, ChunkResult | None]]] = set()
         mark = self._replicas.start_run()
         try:
             await self._check_replicas()
@@ -214,7 +214,8 @@ class AsyncClient(ClientBase):
                         continue
                     task, chunk = future.result()
                     # Successful chunks are kept (and cached) even when another failed.
-                    await asyncio.to_thread(job.accept, task, chunk)
+                    if chunk is not None:  # (None: already written to the store)
+                        await asyncio.to_thread(job.accept, task, chunk)
                     bar.update(task.n_cells)
                 del done
                 if failure is not None:
@@ -230,7 +231,10 @@ class AsyncClient(ClientBase):
             bar.close()
             self._run_report(job, mark)
 
-    async def _send_chunk(self, job: EmbedJob, task: ChunkTask) -> tuple[ChunkTask, ChunkResult]:
+    async def _send_chunk(
+        self, job: EmbedJob, task: ChunkTask
+    ) -> tuple[ChunkTask, ChunkResult | None]:
+        """See ``Client._send_chunk``: a chunk for the store is written in a thread of its own."""
         task = self._current(task)
         while True:
             try:
@@ -242,7 +246,11 @@ class AsyncClient(ClientBase):
                 if fallback is None or fallback == task:
                     raise
                 task = fallback
-        return task, job.parse(task, payload)
+        chunk = job.parse(task, payload)
+        if job.store is not None:
+            await asyncio.to_thread(job.accept, task, chunk)
+            return task, None
+        return task, chunk
 
     async def _post(self, job: EmbedJob, task: ChunkTask) -> Any:
         content = job.content(task)

@@ -262,7 +262,8 @@ class Client(ClientBase):
             self._check_replicas()
             yield from job.take_complete()
             for task, chunk in self._replies(job, tasks, cancel):
-                job.accept(task, chunk)
+                if chunk is not None:  # (None: written to the store by its own thread)
+                    job.accept(task, chunk)
                 del chunk  # placed or written: the reply is not kept
                 bar.update(task.n_cells)
                 yield from job.take_complete()
@@ -274,7 +275,7 @@ class Client(ClientBase):
 
     def _replies(
         self, job: EmbedJob, tasks: list[ChunkTask], cancel: threading.Event
-    ) -> Iterator[tuple[ChunkTask, ChunkResult]]:
+    ) -> Iterator[tuple[ChunkTask, ChunkResult | None]]:
         """Replies as they come, with at most ``max_concurrency`` per replica in flight.
 
         Tasks are submitted only as earlier ones finish, and a finished future is dropped
@@ -286,7 +287,7 @@ class Client(ClientBase):
                 yield self._send_chunk(job, task, cancel)
             return
         todo = iter(tasks)
-        pending: set[Future[tuple[ChunkTask, ChunkResult]]] = set()
+        pending: set[Future[tuple[ChunkTask, ChunkResult | None]]] = set()
         pool = ThreadPoolExecutor(min(window, len(tasks)), thread_name_prefix="scstrata-chunk")
         try:
             while True:
@@ -310,7 +311,9 @@ class Client(ClientBase):
 
     def _send_chunk(
         self, job: EmbedJob, task: ChunkTask, cancel: threading.Event
-    ) -> tuple[ChunkTask, ChunkResult]:
+    ) -> tuple[ChunkTask, ChunkResult | None]:
+        """Send one chunk; return its parsed reply, or None once written to the job's store
+        (from this thread, so that the writes of chunks in flight overlap)."""
         task = self._current(task)
         while True:
             try:
@@ -322,7 +325,11 @@ class Client(ClientBase):
                 if fallback is None or fallback == task:
                     raise
                 task = fallback
-        return task, job.parse(task, payload)
+        chunk = job.parse(task, payload)
+        if job.store is not None:
+            job.accept(task, chunk)
+            return task, None
+        return task, chunk
 
     def _post(self, job: EmbedJob, task: ChunkTask, cancel: threading.Event) -> Any:
         # One chunk encoded at a time: threads would share the GIL and finish encoding

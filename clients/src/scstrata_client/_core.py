@@ -1,7 +1,9 @@
 """One ``embed`` call, independent of how its HTTP requests are sent.
 
-``EmbedJob`` plans the chunks, looks them up in the cache, decides what each chunk still
-needs (``tasks``), builds each request's body, parses each reply and puts it in place. Chunks
+``EmbedJob`` plans the chunks, looks them up in the cache (or, streaming, in its zarr store),
+decides what each chunk still needs (``tasks``), builds each request's body (reading the
+chunk's rows from its source only then), parses each reply and puts it in place (or writes it
+to the store). Chunks
 may be accepted in any order (the clients send them concurrently); every layer is handed
 out only once all of its chunks are in, always in input row order, and a reply with a
 missing, extra or unasked-for row or layer raises ``ProtocolError`` instead.
@@ -375,7 +377,8 @@ class EmbedJob:
         return chunk
 
     def accept(self, task: ChunkTask | int, reply: Any) -> ChunkResult:
-        """Put the reply to ``task`` (parsed or not) in place and in the cache."""
+        """Put the reply to ``task`` (parsed or not) in place and in the cache, or, streaming,
+        write it to the store (safe from the chunk's own thread: chunks write their own rows)."""
         task = self._task(task)
         chunk = reply if isinstance(reply, ChunkResult) else self.parse(task, reply)
         i = task.index

@@ -2,8 +2,8 @@
 
 ``InMemoryRows`` holds a CSR matrix (what ``as_csr`` makes of AnnData, SciPy or NumPy input).
 ``LazyRows`` reads rows from a file only when a chunk is sent: an AnnData opened with
-``backed="r"``, or a path to an ``.h5ad`` (opened backed) or an AnnData ``.zarr`` store
-(``X`` read through anndata's ``sparse_dataset``). Either way a chunk comes out canonical
+``backed="r"``, or a path to an ``.h5ad`` file or an AnnData ``.zarr`` store (``X`` read
+through anndata's ``sparse_dataset``, or as a dense array). Either way a chunk comes out canonical
 (``canonical_csr``) and checked for non-finite values, so a streamed run's memory holds the
 chunks in flight, never the whole input.
 """
@@ -23,10 +23,11 @@ from ._protocol import canonical_csr
 
 
 class InMemoryRows:
-    """Rows of a matrix already in memory (canonicalised once, sliced per chunk)."""
+    """Rows of a matrix already in memory, made canonical a chunk at a time (a canonical copy
+    of the whole input would cost its size again)."""
 
     def __init__(self, cells: sp.csr_matrix, genes: list[str]):
-        self.cells = canonical_csr(cells)
+        self.cells = cells
         self.genes = genes
 
     @property
@@ -38,10 +39,12 @@ class InMemoryRows:
         return self.cells.indptr
 
     def nnz(self, start: int, stop: int) -> int | None:
+        # Stored entries: duplicates and explicit zeros (dropped when sent) count, which only
+        # matters to the choice of transport near its threshold.
         return int(self.cells.indptr[stop] - self.cells.indptr[start])
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return self.cells[start:stop]
+        return canonical_csr(self.cells[start:stop])
 
 
 class LazyRows:
@@ -96,6 +99,8 @@ def open_rows(X: Any, genes: Sequence[str] | None) -> RowSource:
 
 
 def _open_path(path: Path, genes: Sequence[str] | None) -> LazyRows:
+    """Open ``X`` and ``var`` only: ``obs`` (whose index alone is ~60 bytes a cell) is never
+    read, so that memory does not grow with the cells."""
     import anndata as ad
 
     if not path.exists():
@@ -103,15 +108,19 @@ def _open_path(path: Path, genes: Sequence[str] | None) -> LazyRows:
     if path.suffix == ".zarr" or path.is_dir():
         import zarr
 
-        group = zarr.open_group(path, mode="r")
-        if "X" not in group:
-            raise ValueError(f"X: {path}: an AnnData zarr store has an X; this one has none")
-        node = group["X"]
-        matrix = ad.io.sparse_dataset(node) if isinstance(node, zarr.Group) else node
-        names = genes if genes is not None else ad.io.read_elem(group["var"]).index
-        return _lazy(matrix, names, group)
-    adata = ad.read_h5ad(path, backed="r")
-    return _lazy(adata.X, adata.var_names if genes is None else genes, adata)
+        group: Any = zarr.open_group(path, mode="r")
+        is_group: Any = zarr.Group
+    else:
+        import h5py
+
+        group = h5py.File(path, "r")
+        is_group = h5py.Group
+    if "X" not in group:
+        raise ValueError(f"X: {path}: an AnnData file has an X; this one has none")
+    node = group["X"]
+    matrix = ad.io.sparse_dataset(node) if isinstance(node, is_group) else node
+    names = genes if genes is not None else ad.io.read_elem(group["var"]).index
+    return _lazy(matrix, names, group)
 
 
 def _lazy(matrix: Any, genes: Sequence[str], owner: Any) -> LazyRows:

@@ -51,15 +51,24 @@ def _parser() -> argparse.ArgumentParser:
     embed = sub.add_parser(
         "embed",
         help="embed the cells of an h5ad file with a remote service",
-        description="Embed the cells of FILE.h5ad and write every layer to obsm of OUT.h5ad "
-        "(X_<model>_layer<k>, with provenance in uns['scstrata']).",
+        description="Embed the cells of FILE (.h5ad, or an AnnData .zarr) and write every layer "
+        "to obsm of OUT.h5ad (X_<model>_layer<k>, with provenance in uns['scstrata']), or, "
+        "with OUT.zarr, stream each chunk into a zarr store as it arrives (the input read a "
+        "chunk at a time; rerun the same command to resume).",
     )
-    embed.add_argument("file", metavar="FILE.h5ad", help="cells x genes counts in X")
-    embed.add_argument("-o", "--out", required=True, metavar="OUT.h5ad", help="output file")
+    embed.add_argument("file", metavar="FILE", help="cells x genes counts in X (.h5ad or .zarr)")
+    embed.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="OUT.h5ad: the input with embeddings in obsm; OUT.zarr: a store of the layers",
+    )
     embed.add_argument(
         "--url",
-        default=os.environ.get(URL_ENV),
-        help=f"the service's base URL (default ${URL_ENV})",
+        action="append",
+        help=f"the service's base URL (default ${URL_ENV}); repeat it, or separate URLs with "
+        "commas, to spread chunks over several replicas",
     )
     embed.add_argument("--model", required=True, help="a served model's name")
     embed.add_argument(
@@ -127,15 +136,28 @@ def _parser() -> argparse.ArgumentParser:
 def _embed(args: argparse.Namespace) -> int:
     from ._client import Client
 
+    urls = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
+    args.url = urls  # one string, URLs separated by commas
     if args.scheduler or args.in_process:
         return _embed_on_dask(args)
-    if not args.url:
+    if not urls:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
         return 2
     path = Path(args.file)
-    if not path.is_file():
+    if not path.exists():
         print(f"scstrata embed: {path}: no such file", file=sys.stderr)
         return 2
+    settings = dict(
+        token=args.token,
+        chunk_size=args.chunk_size,
+        max_concurrency=args.max_concurrency,
+        progress=not args.quiet,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        transport_format=args.transport_format,
+    )
+    if Path(args.out).suffix == ".zarr":
+        return _stream(args, urls, path, settings)
     adata = _read_h5ad(path)
     X = adata.X
     if args.counts_layer is not None:
@@ -156,16 +178,7 @@ def _embed(args: argparse.Namespace) -> int:
             )
             return 2
         genes = adata.var[args.gene_column].astype(str)
-    with Client(
-        args.url,
-        token=args.token,
-        chunk_size=args.chunk_size,
-        max_concurrency=args.max_concurrency,
-        progress=not args.quiet,
-        cache=not args.no_cache,
-        cache_dir=args.cache_dir,
-        transport_format=args.transport_format,
-    ) as client:
+    with Client(urls, **settings) as client:
         layers = client.embed(
             X,
             list(genes),
@@ -184,12 +197,70 @@ def _embed(args: argparse.Namespace) -> int:
             f"{args.model} (dim {', '.join(map(str, sorted(dims)))}) in obsm",
             file=sys.stderr,
         )
+        _print_replicas(client)
     return 0
+
+
+def _stream(args: argparse.Namespace, urls: str, path: Path, settings: dict[str, Any]) -> int:
+    """``-o OUT.zarr``: the input read a chunk at a time, each chunk written as it arrives."""
+    from ._client import Client
+
+    if args.counts_layer is not None:
+        print(
+            "scstrata embed: --counts-layer: not available with a .zarr output yet; "
+            "put the counts in X",
+            file=sys.stderr,
+        )
+        return 2
+    genes = None
+    if args.gene_column is not None:
+        genes = _gene_column(path, args.gene_column)
+        if genes is None:
+            print(
+                f"scstrata embed: --gene-column: var has no column {args.gene_column!r}",
+                file=sys.stderr,
+            )
+            return 2
+    with Client(urls, **settings) as client:
+        store = client.embed(
+            path, genes, model=args.model, layers=args.layers, pooling=args.pooling, out=args.out
+        )
+    if not args.quiet:
+        print(
+            f"wrote {args.out}: {store.n_cells} cells, layers {_ranges(store.layers)} of "
+            f"{args.model} (dim {store.spec.dim}) under {store.spec.group_path()}/",
+            file=sys.stderr,
+        )
+        _print_replicas(client)
+    return 0
+
+
+def _gene_column(path: Path, column: str) -> list[str] | None:
+    """``var[column]`` of an .h5ad or .zarr AnnData, read without its cells."""
+    import anndata as ad
+
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        var = ad.io.read_elem(zarr.open_group(path, mode="r")["var"])
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            var = ad.io.read_elem(f["var"])
+    return var[column].astype(str).tolist() if column in var.columns else None
+
+
+def _print_replicas(client: Any) -> None:
+    if client.last_run is not None and len(client.urls) > 1:
+        print(client.last_run.summary(), file=sys.stderr)
 
 
 def _read_h5ad(path: Path) -> Any:
     import anndata as ad
 
+    if path.suffix == ".zarr" or path.is_dir():
+        return ad.read_zarr(path)
     try:
         return ad.read_h5ad(path)
     except OSError as err:  # h5py: not an HDF5 file at all (a CSV, a .loom, a truncated file)
@@ -288,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _embed(args)
     except KeyboardInterrupt:
         print(
-            "scstrata embed: interrupted; chunks already embedded are cached, "
-            "run the same command again to resume",
+            "scstrata embed: interrupted; chunks already embedded are cached (or, with "
+            "-o OUT.zarr, in the store), run the same command again to resume",
             file=sys.stderr,
         )
         return 130

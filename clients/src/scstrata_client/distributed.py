@@ -397,7 +397,7 @@ class _InProcess:
         self.backend = _load_backend(spec.store.model, spec.in_process)
 
     def __call__(self, pool: ThreadPoolExecutor, chunks: list[tuple[int, sp.csr_matrix]]):
-        from scstrata_service.backend import InputError
+        from scstrata_service.contract import InputError
         from scstrata_service.engine import EmbedJob, run_jobs
 
         genes, options = list(self.spec.genes), self.spec.store.options

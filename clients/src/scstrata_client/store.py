@@ -137,6 +137,8 @@ class EmbeddingStore:
         self._group = root[spec.group_path()]
         self._writable = writable
         self._done = self._group["done"]
+        # Opened once: opening an array reads its metadata (~10 ms a time on a busy host).
+        self._arrays = {k: self._group[layer_name(k)] for k in spec.layers}
 
     def __repr__(self) -> str:
         done = len(self.done_chunks())
@@ -183,9 +185,9 @@ class EmbeddingStore:
         return bytes(mark).hex() if mark.any() else None
 
     def layer(self, k: int) -> zarr.Array:
-        if k not in self.spec.layers:
+        if k not in self._arrays:
             raise KeyError(f"layer {k}: the store holds layers {self.spec.layers}")
-        return self._group[layer_name(k)]
+        return self._arrays[k]
 
     def to_numpy(self, k: int) -> np.ndarray:
         self._require_complete()
@@ -221,6 +223,8 @@ class EmbeddingStore:
     def write_chunk(self, index: int, layers: Mapping[int, np.ndarray], data_digest: str) -> None:
         """Write every layer of chunk ``index``, then mark it done with ``data_digest``.
 
+        Safe to call from several threads or processes for different chunks at once.
+
         ``data_digest`` is the digest of the chunk's cells (hex sha256). Raises
         ``ValueError`` for a missing or extra layer or a wrong shape; writing a chunk that is
         already done raises ``StoreMismatch`` (a chunk is written once).
@@ -247,7 +251,7 @@ class EmbeddingStore:
         if self.chunk_digest(index) is not None:
             raise StoreMismatch(f"{self.path}: chunk {index} is already written")
         for k, array in arrays.items():
-            self._group[layer_name(k)][start:stop] = array
+            self._arrays[k][start:stop] = array
         self._done[index] = mark  # last: the chunk counts as written only from here
 
     # -- opening ---------------------------------------------------------------------------

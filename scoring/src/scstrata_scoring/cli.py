@@ -31,6 +31,7 @@ from .report import summary_line, write_report
 from .simulate import simulate_trajectory
 from .simulate_perturbation import simulate_perturbation
 from .sweep import LayerSet, SweepResult, score_perturbation, score_trajectory
+from .threads import apply_threads
 
 __all__ = [
     "Loaded",
@@ -312,6 +313,8 @@ def _trajectory(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         recipe=args.recipe,
+        subsample=args.subsample,
+        subsample_seed=args.subsample_seed,
     )
     return _write(args, result, "trajectory", loaded, adata)
 
@@ -480,6 +483,13 @@ def _parser() -> argparse.ArgumentParser:
     traj = sub.add_parser("trajectory", help="score every layer on a trajectory data set")
     _sweep_arguments(traj)
     traj.add_argument("--time-key", default="time", help="obs column with time points")
+    traj.add_argument(
+        "--subsample",
+        type=int,
+        default=None,
+        help="score a seeded random subsample of this many cells (default: all cells)",
+    )
+    traj.add_argument("--subsample-seed", type=int, default=0, help="seed of --subsample")
     traj.set_defaults(func=_trajectory)
 
     pert = sub.add_parser("perturbation", help="score every layer on a Perturb-seq data set")
@@ -508,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
+        if args.func is not _simulate:
+            apply_threads()  # SCSTRATA_THREADS, else the CPUs this process may use
         return int(args.func(args))
     except Exception as err:  # one line for the user; --debug re-raises for the traceback
         if getattr(args, "debug", False):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .glossary import METRIC_INFO, METRIC_LABELS
 from .plot import plot_scores
+from .subsample import subsample_note
 from .summary import MAIN_METRIC, PERCENT_MIN_FINAL, summarise
 
 __all__ = ["headline", "summary_line", "write_report"]
@@ -77,6 +78,8 @@ def write_report(
 
     Returns the path of the report.
     """
+    sampled = subsample_note(df)  # scored on a subsample: say how many cells, which seed
+    notes = [*(notes or []), *([sampled] if sampled else [])]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = [str(t) for t in dict.fromkeys(df["task"])] if "task" in df else ["trajectory"]

@@ -17,6 +17,8 @@ Conventions of the score table:
 * ``ci_low`` / ``ci_high``: 95 % percentile bootstrap interval (cells for the trajectory task,
   perturbations for the perturbation task), empty when undefined (proxies, p-values);
 * ``null_z``: z-score against the permutation null (perturbation ``rsa_spearman`` only);
+* ``n_cells``: cells scored; ``subsample_seed``: the seed of the random subsample they are
+  (:mod:`.subsample`), empty when every cell was scored;
 * metrics ``effective_rank`` and ``matrix_entropy`` are the label-free proxies of each layer
   (not of baselines), computed on the cells of the context.
 """
@@ -49,6 +51,7 @@ from .perturbation import (
 from .proxies import effective_rank, matrix_entropy
 from .recipe import Recipe, check_recipe
 from .resample import BootstrapDraws, bootstrap_indices, percentile_interval
+from .subsample import CellSample, sample_cells, take_rows
 from .summary import summarise
 from .trajectory import trajectory_evidence, trajectory_reference, trajectory_statistics
 
@@ -56,8 +59,8 @@ __all__ = ["SCORE_COLUMNS", "LayerSet", "SweepResult", "score_perturbation", "sc
 
 logger = logging.getLogger(__name__)
 
-#: Columns of the tidy score table, in order.
-SCORE_COLUMNS = [
+#: Columns of each score row, in order.
+ROW_COLUMNS = [
     "model",
     "pooling",
     "layer",
@@ -71,6 +74,10 @@ SCORE_COLUMNS = [
     "ci_high",
     "null_z",
 ]
+#: Columns that say which cells a sweep scored, the same in every row.
+SAMPLE_COLUMNS = ["n_cells", "subsample_seed"]
+#: Columns of the tidy score table, in order.
+SCORE_COLUMNS = [*ROW_COLUMNS, *SAMPLE_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ class _Collector:
 
     task: str
     recipe: str = "scstrata"
+    n_cells: int = 0
+    subsample_seed: float = np.nan
     rows: list[tuple] = field(default_factory=list)
     draws: dict[tuple, np.ndarray] = field(default_factory=dict)
 
@@ -140,7 +149,9 @@ class _Collector:
             self.draws[(rep.model, rep.layer, context, metric)] = np.asarray(draws)
 
     def result(self) -> SweepResult:
-        scores = pd.DataFrame(self.rows, columns=SCORE_COLUMNS)
+        scores = pd.DataFrame(self.rows, columns=ROW_COLUMNS)
+        scores["n_cells"] = self.n_cells
+        scores["subsample_seed"] = self.subsample_seed
         scores["layer"] = scores["layer"].astype("Int64")
         return SweepResult(scores, summarise(scores, self.draws))
 
@@ -170,6 +181,8 @@ def score_trajectory(
     context: str = "all",
     progress: bool = True,
     recipe: Recipe = "scstrata",
+    subsample: int | None = None,
+    subsample_seed: int = 0,
 ) -> SweepResult:
     """Trajectory scores of every layer of every model, and of the baselines.
 
@@ -186,8 +199,14 @@ def score_trajectory(
     29 distinct entries in its padded table, not 30).
 
     ``recipe`` (:mod:`.recipe`): ``"scstrata"`` or the study's ``"study"``.
+
+    ``subsample``: score a seeded random ``subsample`` of the cells (seed ``subsample_seed``;
+    :func:`~scstrata_scoring.subsample.sample_cells`), the same for every row; None or at
+    least ``adata.n_obs`` scores every cell. Only the sampled rows of each embedding are read.
     """
-    reps = _layer_reps(layer_sets, adata.n_obs)
+    sample = sample_cells(adata.n_obs, subsample, subsample_seed)
+    reps = _layer_reps(layer_sets, adata.n_obs, sample)
+    adata = take_rows(adata, sample)
     ref = trajectory_reference(
         adata,
         time_key,
@@ -203,7 +222,8 @@ def score_trajectory(
             _Rep(BASELINE_EXPRESSION, None, np.nan, expression_matrix(log_normalise(adata)))
         )
     draws = BootstrapDraws(ref.n_cells, n_boot, (seed, 0))  # batched: memory bounded
-    out = _Collector("trajectory", recipe)
+    seed_column = np.nan if sample.seed is None else float(sample.seed)
+    out = _Collector("trajectory", recipe, sample.n_cells, seed_column)
     for rep in tqdm(reps, desc="trajectory", disable=not progress):
         evidence = trajectory_evidence(rep.embedding, ref, n_neighbors, k_alignment)
         full = trajectory_statistics(evidence, ref)
@@ -260,7 +280,7 @@ def score_perturbation(
         reps.append(_Rep(BASELINE_EXPRESSION, None, np.nan, lognorm.X))
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     contexts = _contexts(adata, state_key)
-    out = _Collector("perturbation", recipe)
+    out = _Collector("perturbation", recipe, adata.n_obs)
     for i, (context, mask) in enumerate(contexts):
         lab = labels[mask]
         try:
@@ -302,19 +322,24 @@ def _add_proxies(out: _Collector, rep: _Rep, context: str, embedding: np.ndarray
     out.add(rep, context, "matrix_entropy", matrix_entropy(embedding))
 
 
-def _layer_reps(layer_sets: Iterable[LayerSet], n_cells: int) -> list[_Rep]:
-    """Every layer as a representation; checks shapes before any slow step."""
+def _layer_reps(
+    layer_sets: Iterable[LayerSet], n_cells: int, sample: CellSample | None = None
+) -> list[_Rep]:
+    """Every layer as a representation (the ``sample``'s rows); checks shapes before any slow
+    step, and before reading rows."""
     reps = []
     for layer_set in layer_sets:
         for layer in sorted(int(k) for k in layer_set.embeddings):
-            emb = np.asarray(layer_set.embeddings[layer])
-            if emb.ndim != 2 or emb.shape[0] != n_cells:
+            emb = layer_set.embeddings[layer]
+            shape = tuple(getattr(emb, "shape", np.shape(emb)))
+            if len(shape) != 2 or shape[0] != n_cells:
                 raise ValueError(
-                    f"{layer_set.model} layer {layer}: embedding has shape {emb.shape}, "
+                    f"{layer_set.model} layer {layer}: embedding has shape {shape}, "
                     f"expected ({n_cells}, dim) rows = cells of adata"
                 )
+            rows = np.asarray(emb) if sample is None else take_rows(emb, sample)
             reps.append(
-                _Rep(layer_set.model, layer, layer_set.depth(layer), emb, layer_set.pooling)
+                _Rep(layer_set.model, layer, layer_set.depth(layer), rows, layer_set.pooling)
             )
     return reps
 

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from scstrata_service import coverage
-from scstrata_service.backend import InputError, ModelBackend, ModelCard
+from scstrata_service.contract import MAX_LISTED, InputError, ModelBackend, ModelCard
 from scstrata_service.engine import EmbedJob, tokenize_soon
 from scstrata_service.layers import LayerError, resolve_layers
 from scstrata_service.metrics import record_backlog
@@ -40,8 +40,6 @@ from scstrata_service.schemas import (
 )
 from scstrata_service.settings import SETTINGS, Settings
 from scstrata_service.uploads import CellsSource, H5adCells, JsonCells, NpzCells, SizeExceeded
-
-MAX_LISTED = 50
 
 
 def busy(message: str, settings: Settings = SETTINGS) -> Refused:

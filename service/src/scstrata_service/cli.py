@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from scstrata_service.families import FAMILIES
 from scstrata_service.registry import MODELS_ENV, ModelSpec, load_config, specs_to_env
 from scstrata_service.startup import DEBUG_ENV
 from scstrata_service.workers import WORKERS_ENV, parse_workers
@@ -93,8 +94,8 @@ def _fabricate(args: argparse.Namespace) -> int:
         args.family,
         Path(args.out),
         hidden=args.hidden,
-        depth=args.depth,
-        heads=args.heads,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
         seed=args.seed,
     )
     print(f"wrote a {args.family} checkpoint to {folder} (RANDOM DEMO WEIGHTS, official layout)")
@@ -151,15 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
 
     fab = sub.add_parser(
-        "fabricate", help="write a small scFoundation-layout checkpoint with RANDOM demo weights"
+        "fabricate",
+        help="write a small checkpoint in a family's published layout with RANDOM demo weights",
     )
-    fab.add_argument(
-        "--family", default="scfoundation", choices=["scfoundation", "tahoe", "geneformer", "scgpt"]
-    )
+    fab.add_argument("--family", default="scfoundation", choices=sorted(FAMILIES))
     fab.add_argument("--out", required=True, help="folder to write the checkpoint into")
-    fab.add_argument("--hidden", type=int, default=64)
-    fab.add_argument("--depth", type=int, default=6)
-    fab.add_argument("--heads", type=int, default=4)
+    fab.add_argument("--hidden", type=int, default=64, help="hidden size")
+    fab.add_argument("--n-layers", "--depth", type=int, default=6, help="transformer blocks")
+    fab.add_argument("--n-heads", "--heads", type=int, default=4, help="attention heads")
     fab.add_argument("--seed", type=int, default=0)
     fab.set_defaults(run=_fabricate)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from scstrata_service.backend import InputError, ModelCard
+from scstrata_service.contract import InputError, ModelCard
 from scstrata_service.gene_mapping import mapped_totals
 
 DEFAULT_MIN_MAPPED_FRACTION = 0.5

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from scstrata_service.backend import InputError, ModelBackend, PooledLayers, TokenizedCells
+from scstrata_service.contract import InputError, ModelBackend, PooledLayers, TokenizedCells
+from scstrata_service.layers import Readout
 from scstrata_service.metrics import observe_passes, record_request
-from scstrata_service.packing import AcceleratorOutOfMemory
+from scstrata_service.runtime.batching import AcceleratorOutOfMemory
 from scstrata_service.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ def run_jobs(jobs: Sequence[EmbedJob]) -> list[JobResult | JobFailure]:
 
     A job that fails (its tokenizer, its forward pass, a non-finite embedding) gets a
     :class:`JobFailure` and the others their results: a group whose pass fails is run again
-    one job at a time, to find the job that fails.
+    one job at a time, to find the job that fails. Jobs that leave layer L's final norm out
+    (option ``final_norm: false``) share passes of their own.
     """
     results: list[JobResult | JobFailure | None] = [None] * len(jobs)
-    by_model: dict[int, list[int]] = {}
+    by_model: dict[tuple[int, bool], list[int]] = {}
     for i, job in enumerate(jobs):
-        by_model.setdefault(id(job.backend), []).append(i)
+        final_norm = job.backend.parse_options(job.options).final_norm
+        by_model.setdefault((id(job.backend), final_norm), []).append(i)
     with _ACCELERATOR_TURN:
         for members in by_model.values():
             backend = jobs[members[0]].backend
@@ -90,14 +93,15 @@ def _run_model_jobs(
     results: list[JobResult | JobFailure | None],
 ) -> int:
     """Embed ``jobs[members]`` (all for ``backend``) into ``results``; return the cell count."""
-    wanted = [out for i in members for out in jobs[i].outputs]
-    layers = sorted({k for _, ks in wanted for k in ks})
-    poolings = sorted({p for p, _ in wanted})
+    final_norm = backend.parse_options(jobs[members[0]].options).final_norm
+    readout = Readout.merge(
+        Readout(tuple(ks), (p,), final_norm) for i in members for p, ks in jobs[i].outputs
+    )
     failures: dict[int, JobFailure] = {}
     n_cells = 0
     with observe_passes(backend.card.name):
         for group in tokenized_groups(backend, [jobs[i] for i in members], failures):
-            for part, pooled in _forward(backend, group, layers, poolings):
+            for part, pooled in _forward(backend, group, readout):
                 start = 0
                 for position, tok in part:
                     job = jobs[members[position]]
@@ -119,13 +123,12 @@ def _run_model_jobs(
 def _forward(
     backend: ModelBackend,
     group: list[tuple[int, TokenizedCells]],
-    layers: list[int],
-    poolings: list[str],
+    readout: Readout,
 ) -> Iterator[tuple[list[tuple[int, TokenizedCells]], PooledLayers | JobFailure]]:
     """The group's pooled layers; if its pass fails, each job's own pass (or failure)."""
     try:
         tokens = TokenizedCells.concat([t for _, t in group])
-        yield group, backend.embed(tokens, layers, poolings)
+        yield group, backend.read(tokens, readout)
         return
     except AcceleratorOutOfMemory as err:  # already split down to single cells
         yield group, JobFailure(503, f"busy: {err}")
@@ -136,7 +139,7 @@ def _forward(
             yield group, JobFailure(500, "internal: the forward pass failed for this request")
             return
     for one in group:
-        yield from _forward(backend, [one], layers, poolings)
+        yield from _forward(backend, [one], readout)
 
 
 def job_result(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import bentoml
 
-from scstrata_service import packing
+from scstrata_service.runtime import batching
 from scstrata_service.workers import worker_index
 
 # Counters are summed over BentoML's workers unless a label tells them apart: cells carry the
@@ -71,11 +71,11 @@ def observe_passes(model: str) -> Iterator[None]:
         PASS_TOKENS.labels(model=model).observe(n_tokens)
         PADDING.labels(model=model).observe(1 - n_tokens / max(padded_slots, 1))
 
-    token = packing.pass_observer.set(record)
+    token = batching.pass_observer.set(record)
     try:
         yield
     finally:
-        packing.pass_observer.reset(token)
+        batching.pass_observer.reset(token)
 
 
 def record_worker(worker: int, device: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from scstrata_service.backend import ModelCard
+from scstrata_service.contract import ModelCard
 from scstrata_service.info import SERVICE_VERSION
 from scstrata_service.schemas import EmbedRequest, EmbedResult
 

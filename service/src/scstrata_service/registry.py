@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from scstrata_service.backend import ModelBackend, ModelCard
-from scstrata_service.families import FAMILIES
+from scstrata_service.contract import ModelBackend, ModelCard
+from scstrata_service.families import FAMILIES, load
 
 MODELS_ENV = "SCSTRATA_MODELS"
 
@@ -80,7 +80,7 @@ class Registry:
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         backends = {
-            s.name: FAMILIES[s.family](s.name, Path(s.path), **{**settings, **s.settings})
+            s.name: load(s.family, s.name, Path(s.path), **{**settings, **s.settings})
             for s in specs
         }
         for backend in backends.values():

@@ -16,9 +16,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from scstrata_service.contract import MAX_LISTED
 from scstrata_service.coverage import DEFAULT_MIN_MAPPED_FRACTION
-
-MAX_LISTED = 50
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 

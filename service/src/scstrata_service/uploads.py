@@ -20,9 +20,8 @@ import numpy as np
 import pybase64  # SIMD base64: ~30x the stdlib's speed on large payloads
 import scipy.sparse as sp
 
-from scstrata_service.backend import InputError
+from scstrata_service.contract import MAX_LISTED, InputError
 
-MAX_LISTED = 50
 # Above this no expression value is a count or a normalised value; past it float32 sums and
 # the families' normalisation overflow to inf and the embeddings come back NaN.
 MAX_VALUE = 1e9

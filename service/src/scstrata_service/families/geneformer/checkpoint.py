@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<eos>")
 RELEASE_INPUT_SIZE = {"V1": 2048, "V2": 4096}
 # A config.json field set by fabricate.py: the weights are random demo weights.
 DEMO_FLAG = "scstrata_demo_weights"
-
-
-class CheckpointError(ValueError):
-    """The folder is not a Geneformer checkpoint we can serve faithfully."""
 
 
 class _DictionaryUnpickler(pickle.Unpickler):

@@ -13,13 +13,13 @@ checkpoint's ``bert.*`` tensors; transformers is only needed to load them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from scstrata_service.layer_pooling import block_states, pool_layers
-from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
+from scstrata_service.runtime.attention import PackedLayout, packed_attention
+from scstrata_service.runtime.pooling import GeneTokens
 
 POOLINGS = ("official", "mean", "cls")
 
@@ -71,16 +71,21 @@ class BertBlockPacked(nn.Module):
 
 
 class GeneformerEncoder(nn.Module):
-    """``BertModel`` without pooler; ``load_state_dict`` takes its ``bert.*`` tensors."""
+    """``BertModel`` without pooler; ``load_state_dict`` takes its ``bert.*`` tensors.
 
-    compile_blocks = False  # set by the backend: run blocks under torch.compile
+    contract.PackedEncoder: token ids are the model's input ids; ``special_tokens`` (V2) =
+    every cell is ``<cls>`` genes ``<eos>``.
+    """
 
-    def __init__(self, config: object):
+    final_norm = None  # BERT has no norm after the last block
+
+    def __init__(self, config: object, special_tokens: bool):
         super().__init__()
         from transformers.activations import ACT2FN
 
         c = config
         eps = float(c.layer_norm_eps)
+        self.special_tokens = special_tokens
         self.n_layers = int(c.num_hidden_layers)
         self.hidden_size = int(c.hidden_size)
         self.max_positions = int(c.max_position_embeddings)
@@ -104,15 +109,14 @@ class GeneformerEncoder(nn.Module):
             }
         )
 
-    def layer_states(
-        self,
-        ids: torch.Tensor,
-        layout: PackedLayout,
-        last: int,
-        attention: str,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(k, states [tokens, dim])`` for k = 0..last; blocks after ``last`` never run."""
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.encoder["layer"]
+
+    def embed_inputs(
+        self, token_ids: torch.Tensor, values: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
+        """Layer 0 (fp32) from the token ids; the rank values are not model inputs."""
         if layout.max_length > self.max_positions:
             raise ValueError(
                 f"a cell of {layout.max_length} tokens exceeds the model's "
@@ -120,80 +124,31 @@ class GeneformerEncoder(nn.Module):
             )
         # host-side sizes (layout.bounds) keep these index ops free of device syncs
         starts = torch.repeat_interleave(
-            layout.offsets[:-1], torch.diff(layout.offsets), output_size=len(ids)
+            layout.offsets[:-1], torch.diff(layout.offsets), output_size=len(token_ids)
         )
-        position_in_cell = torch.arange(len(ids), device=ids.device) - starts
-        return block_states(
-            self.embeddings(ids, position_in_cell),  # fp32: embedding tables stay fp32
-            self.encoder["layer"],
-            BertBlockPacked.forward,
-            layout,
-            last,
-            attention,
-            compile_blocks=self.compile_blocks,
-            compute_dtype=compute_dtype,
-        )
+        position_in_cell = torch.arange(len(token_ids), device=token_ids.device) - starts
+        return self.embeddings(token_ids, position_in_cell)
 
-    # no_grad, not inference_mode: jagged nested tensors cannot be built from inference
-    # tensors ("Cannot set version_counter for inference tensor").
-    @torch.no_grad()
-    def forward_pooled(
-        self,
-        ids: torch.Tensor,
-        layout: PackedLayout,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        attention: str,
-        has_special_tokens: bool,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> dict[str, dict[int, torch.Tensor]]:
-        """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer."""
-        states = self.layer_states(ids, layout, max(layers), attention, compute_dtype)
-        return pool_layers(states, layers, poolings, CellPooler(layout, has_special_tokens).all)
+    def pooler(self, layout: PackedLayout) -> CellPooler:
+        return CellPooler(layout, self.special_tokens)
 
 
 class CellPooler:
     """Geneformer's poolings over packed cells (V2 cells are ``<cls>`` genes ``<eos>``)."""
 
-    def __init__(self, layout: PackedLayout, has_special_tokens: bool):
-        offsets = layout.offsets
-        device = offsets.device
-        self.n_cells = layout.n_cells
-        self.special = has_special_tokens
-        self.cls_index = offsets[:-1]
-        n_tokens = layout.bounds[-1]
-        if has_special_tokens:
-            gene_counts = torch.diff(offsets) - 2
-            n_genes = n_tokens - 2 * self.n_cells
-        else:
-            gene_counts = torch.diff(offsets)
-            n_genes = n_tokens
-        self.gene_cell = torch.repeat_interleave(
-            torch.arange(self.n_cells, device=device), gene_counts, output_size=n_genes
-        )
-        # V2: the g-th gene token of the batch sits after its cell's <cls> and after the
-        # <cls>/<eos> pairs of the cells before it. V1: every token is a gene token.
-        self.gene_index = (
-            torch.arange(n_genes, device=device) + 2 * self.gene_cell + 1
-            if has_special_tokens
-            else None
-        )
+    def __init__(self, layout: PackedLayout, special_tokens: bool):
+        self.cls_index = layout.offsets[:-1]
+        self.genes = GeneTokens(layout, head=1, tail=1) if special_tokens else GeneTokens(layout)
 
-    def all(self, poolings: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, poolings: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        mean = None
         for pooling in poolings:
-            if pooling in ("official", "mean"):
-                # the official cell embedding: mean over gene tokens, <cls>/<eos> excluded;
-                # "mean" is the same vector under the name other families use
-                if "_mean" not in out:
-                    genes = x if self.gene_index is None else x[self.gene_index]
-                    out["_mean"] = segment_mean(genes, self.gene_cell, self.n_cells)
-                out[pooling] = out["_mean"]
-            elif pooling == "cls":
-                if not self.special:
-                    raise ValueError("pooling 'cls' needs a V2 model (V1 has no <cls> token)")
+            if pooling == "cls":  # offered by V2 cards only
                 out[pooling] = x[self.cls_index].float()
             else:
-                raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        out.pop("_mean", None)
+                # "official" = the official cell embedding: mean over gene tokens, <cls>/<eos>
+                # excluded; "mean" is the same vector under the name other families use
+                mean = self.genes.mean(x) if mean is None else mean
+                out[pooling] = mean
         return out

@@ -14,7 +14,7 @@ Per cell, as the official ``TranscriptomeTokenizer`` (collapse_gene_ids on, its 
 4. Keep the first ``input_size`` tokens (V1); V2: the first ``input_size - 2``, then
    ``<cls>`` in front and ``<eos>`` at the end.
 
-Packed output: ``positions`` holds the token ids (the model's input ids), ``values`` the
+Packed output: ``token_ids`` holds the token ids (the model's input ids), ``values`` the
 rank value ``v`` of each gene token (0 for ``<cls>``/``<eos>``; informational only).
 """
 
@@ -24,18 +24,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
 from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros, to_model_genes
 
 TARGET_SUM = 10_000.0
-MAX_LISTED = 20
 
 
-class GeneformerOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GeneformerOptions(FamilyOptions):
+    family_label = "Geneformer"
 
     allow_non_integer: bool = Field(
         default=False,
@@ -45,22 +44,12 @@ class GeneformerOptions(BaseModel):
         ),
     )
 
-    @classmethod
-    def parse(cls, options: Mapping[str, object]) -> GeneformerOptions:
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as err:
-            problems = "; ".join(
-                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
-            raise InputError(f"{problems} (Geneformer options: allow_non_integer)") from None
-
-
-def _listed(rows: np.ndarray) -> str:
-    return ", ".join(map(str, rows[:MAX_LISTED])) + (" …" if len(rows) > MAX_LISTED else "")
-
 
 class GeneformerTokenizer:
+    """contract.Tokenizer; token ids are the model's input ids (V2: ``<cls>``, genes, ``<eos>``)."""
+
+    options = GeneformerOptions
+
     def __init__(self, dictionaries: GeneDictionaries, input_size: int):
         self.dictionaries = dictionaries
         self.version = dictionaries.version
@@ -79,6 +68,9 @@ class GeneformerTokenizer:
         self.mapping = dictionaries.mapping
         # dictionary gene index per input column (-1 = unmapped), and the unmapped names
         self.map_genes = GeneColumns(self.lookup)
+
+    def known_genes(self) -> list[str]:
+        return list(self.genes)
 
     def lookup(self, gene: str) -> int:
         """Dictionary gene index of a gene id, through the model's mapping (-1 = unmapped)."""
@@ -113,7 +105,7 @@ class GeneformerTokenizer:
         if len(empty):
             raise InputError(
                 f"cells: {len(empty)} cell(s) express none of the model's dictionary genes, so "
-                f"Geneformer has no token to embed: rows [{_listed(empty)}]. Drop these cells "
+                f"Geneformer has no token to embed: rows [{listed(empty)}]. Drop these cells "
                 "(the official tokenizer skips them) or check the gene ids, and resend."
             )
 
@@ -130,7 +122,7 @@ class GeneformerTokenizer:
         empty = np.flatnonzero(per_cell == 0)
         if len(empty):
             raise InputError(
-                f"cells: rows [{_listed(empty)}] express none of the model's dictionary genes"
+                f"cells: rows [{listed(empty)}] express none of the model's dictionary genes"
             )
         row_of = np.repeat(np.arange(n_cells), per_cell)
         rank_value = x.data / n_counts[row_of] * TARGET_SUM / self.medians[x.indices]
@@ -154,8 +146,8 @@ class GeneformerTokenizer:
             out_tokens[offsets[:-1]] = self.cls_id
             out_tokens[offsets[1:] - 1] = self.eos_id
         return TokenizedCells(
+            token_ids=out_tokens,
             values=out_values.astype(np.float32),
-            positions=out_tokens,
             offsets=offsets,
             unmapped_genes=list(unmapped),
         )

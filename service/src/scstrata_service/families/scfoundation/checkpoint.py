@@ -16,16 +16,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
 
 CHECKPOINT_FILE = "models.ckpt"
 VOCABULARY_FILE = "OS_scRNA_gene_index.19264.tsv"
 VERSIONS = ("cell", "gene", "rde")
 ENCODER_PREFIXES = ("token_emb.", "pos_emb.", "encoder.")
-
-
-class CheckpointError(ValueError):
-    """The file is not an scFoundation checkpoint we can serve faithfully."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,14 @@ from scstrata_service.families.scfoundation.encoder import ScFoundationEncoder
 N_VOCAB = 19_264
 
 
-def _config_dict(hidden: int, depth: int, heads: int, decoder_hidden: int) -> dict:
+def _config_dict(hidden: int, n_layers: int, n_heads: int, decoder_hidden: int) -> dict:
     """The nested config the release stores (released values: 768 / 12 / 12, decoder 512)."""
     return {
         "model": "mae_autobin",
         "model_config": {
             "mae_autobin": {
+                # the official loader reads config["model"] from the flattened model config
+                "model": "mae_autobin",
                 "n_class": 104,
                 "pad_token_id": 103,
                 "mask_token_id": 102,
@@ -37,8 +39,8 @@ def _config_dict(hidden: int, depth: int, heads: int, decoder_hidden: int) -> di
                 "bin_alpha": 1.0,
                 "encoder": {
                     "hidden_dim": hidden,
-                    "depth": depth,
-                    "heads": heads,
+                    "depth": n_layers,
+                    "heads": n_heads,
                     "module_type": "transformer",
                 },
                 "decoder": {
@@ -55,7 +57,9 @@ def _config_dict(hidden: int, depth: int, heads: int, decoder_hidden: int) -> di
 
 
 def _decoder_state(hidden: int, decoder_hidden: int, generator: torch.Generator) -> dict:
-    """Performer-decoder and head keys as named upstream; the service must ignore them."""
+    """Every key of the official depth-1 performer decoder and of the decoder head, named and
+    shaped as upstream (so the official loader's strict load finds all of them); the service
+    ignores them."""
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * 0.02
@@ -66,12 +70,20 @@ def _decoder_state(hidden: int, decoder_hidden: int, generator: torch.Generator)
         f"{prefix}.0.norm.weight": torch.ones(d),
         f"{prefix}.0.norm.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_q.weight": rand(d, d),
+        f"{prefix}.0.fn.to_q.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_k.weight": rand(d, d),
+        f"{prefix}.0.fn.to_k.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_v.weight": rand(d, d),
+        f"{prefix}.0.fn.to_v.bias": torch.zeros(d),
         f"{prefix}.0.fn.to_out.weight": rand(d, d),
+        f"{prefix}.0.fn.to_out.bias": torch.zeros(d),
         f"{prefix}.0.fn.fast_attention.projection_matrix": rand(16, d // 2),
+        f"{prefix}.1.norm.weight": torch.ones(d),
+        f"{prefix}.1.norm.bias": torch.zeros(d),
         f"{prefix}.1.fn.fn.w1.weight": rand(4 * d, d),
+        f"{prefix}.1.fn.fn.w1.bias": torch.zeros(4 * d),
         f"{prefix}.1.fn.fn.w2.weight": rand(d, 4 * d),
+        f"{prefix}.1.fn.fn.w2.bias": torch.zeros(d),
         "decoder.performer.calls_since_last_redraw": torch.tensor(0),
         "decoder.norm.weight": torch.ones(d),
         "decoder.norm.bias": torch.zeros(d),
@@ -88,8 +100,8 @@ def fabricate_checkpoint(
     folder: Path,
     *,
     hidden: int = 32,
-    depth: int = 3,
-    heads: int = 4,
+    n_layers: int = 3,
+    n_heads: int = 4,
     seed: int = 0,
 ) -> Path:
     """Write ``folder/models.ckpt`` and the gene list beside it; return the checkpoint path."""
@@ -97,7 +109,7 @@ def fabricate_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    raw = _config_dict(hidden, depth, heads, decoder_hidden=16)
+    raw = _config_dict(hidden, n_layers, n_heads, decoder_hidden=16)
     config = ScFoundationConfig(
         seq_len=N_VOCAB + 2,
         bin_num=100,
@@ -105,8 +117,8 @@ def fabricate_checkpoint(
         pad_token_id=103,
         mask_token_id=102,
         hidden_dim=hidden,
-        depth=depth,
-        heads=heads,
+        depth=n_layers,
+        heads=n_heads,
     )
     checkpoint = {}
     for version in ("gene", "cell", "rde"):

@@ -1,13 +1,13 @@
 """scFoundation's transformer blocks in ONNX Runtime, as a second inference runtime.
 
-Layer 0 (value + gene position embedding) still runs in torch; the blocks run in ONNX Runtime
-on a padded batch rebuilt from the packed one (ORT has no jagged attention), with a key
-padding mask. The real tokens are then packed again and pooled by the same ``CellPooler`` as
-the torch path, so every pooling means exactly the same thing.
+A block runner for the shared forward (runtime/forward.py): layer 0 (value + gene position
+embedding), the final norm and the pooling run in torch exactly as on the torch path; only
+the blocks run in ONNX Runtime, on a padded batch rebuilt from the packed one (ORT has no
+jagged attention) with a key padding mask, and the real tokens are packed again.
 
 ORT executes a whole graph whatever outputs are fetched (serving-notes.md), so early exit
 needs one graph per cut depth: the depth-``d`` graph returns the hidden states after blocks
-``1..d`` (after the final norm for ``d = L``) and a request for layers up to ``d`` uses it.
+``1..d`` (before any final norm) and a request for layers up to ``d`` uses it.
 Graphs are exported lazily, on the first use of a depth, and cached as ``.onnx`` files in a
 folder keyed by the checkpoint digest and sub-checkpoint version.
 """
@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scstrata_service.backend import TokenizedCells
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
-from scstrata_service.families.scfoundation.encoder import CellPooler, TransformerStack
-from scstrata_service.layer_pooling import pool_layers
-from scstrata_service.packing import PackedLayout
+from scstrata_service.families.scfoundation.encoder import TransformerStack
+from scstrata_service.runtime.attention import PackedLayout
 
 OPSET = 17
 CACHE_ENV = "SCSTRATA_ONNX_CACHE_DIR"
@@ -55,7 +52,7 @@ def providers() -> list[str]:
 
 
 class PaddedBlocks(nn.Module):
-    """Blocks ``1..depth`` on a padded batch; one output per block (the last normed at L).
+    """Blocks ``1..depth`` on a padded batch; one output per block, none normed after.
 
     Written out with plain ops (not ``TransformerEncoderLayer.forward``, whose fused fast
     path does not export) and the same maths as ``encoder.packed_block``: post-norm, ReLU.
@@ -64,8 +61,6 @@ class PaddedBlocks(nn.Module):
     def __init__(self, stack: TransformerStack, depth: int):
         super().__init__()
         self.blocks = nn.ModuleList(stack.transformer_encoder[:depth])
-        self.final = depth == len(stack.transformer_encoder)
-        self.norm = stack.norm
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # x: [B, N, D] float32; pad_mask: [B, N] bool, True where the slot is padding.
@@ -73,7 +68,7 @@ class PaddedBlocks(nn.Module):
         bias = torch.zeros_like(pad_mask, dtype=x.dtype).masked_fill(pad_mask, float("-inf"))
         bias = bias[:, None, None, :]  # [B, 1, 1, N]: padded keys get no attention
         outs = []
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             attn = block.self_attn
             heads = attn.num_heads
             head_dim = dim // heads
@@ -85,8 +80,7 @@ class PaddedBlocks(nn.Module):
             mixed = mixed.transpose(1, 2).reshape(batch, tokens, dim)
             x = block.norm1(x + attn.out_proj(mixed))
             x = block.norm2(x + block.linear2(F.relu(block.linear1(x))))
-            last = i == len(self.blocks) - 1
-            outs.append(self.norm(x) if last and self.final else x)
+            outs.append(x)
         return tuple(outs)
 
 
@@ -127,19 +121,18 @@ def export_depth(stack: TransformerStack, depth: int, path: Path) -> None:
             os.unlink(tmp)
 
 
-class OnnxScFoundationBackend(ScFoundationBackend):
-    """``ScFoundationBackend`` whose blocks run in ONNX Runtime (``runtime: onnx``)."""
+class OnnxBlocks:
+    """runtime.forward.BlockRunner of scFoundation's blocks in ONNX Runtime (``runtime: onnx``)."""
 
-    def __init__(self, *args, cache_dir: Path, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, stack: TransformerStack, device: torch.device, cache_dir: Path):
         for package in ("onnxruntime", "onnx"):  # fail at start-up, not on the first request
             if importlib.util.find_spec(package) is None:
                 raise RuntimeError(
                     f"runtime 'onnx' needs the {package!r} package (pip install {package}; "
                     "onnxruntime-gpu instead of onnxruntime on GPU hosts, never both)"
                 )
-        self.compute_dtype = torch.float32  # the graphs are fp32 on every provider
-        self.encoder.compile_blocks = False  # ONNX Runtime runs the blocks, not torch
+        self.stack, self.device = stack, device
+        self.n_layers = len(stack.transformer_encoder)
         self.cache_dir = Path(cache_dir)
         self.providers = providers()
         self.exported: list[int] = []  # depths this instance exported (others came cached)
@@ -147,7 +140,7 @@ class OnnxScFoundationBackend(ScFoundationBackend):
         self._lock = threading.Lock()
 
     def graph_path(self, depth: int) -> Path:
-        return self.cache_dir / f"blocks-1-to-{depth}-of-{self.card.n_layers}.onnx"
+        return self.cache_dir / f"blocks-1-to-{depth}-of-{self.n_layers}.onnx"
 
     def session(self, depth: int):
         """The ORT session of the depth-``depth`` graph, exporting the graph if not cached."""
@@ -157,32 +150,17 @@ class OnnxScFoundationBackend(ScFoundationBackend):
 
                 path = self.graph_path(depth)
                 if not path.exists():
-                    export_depth(self.encoder.encoder, depth, path)
+                    export_depth(self.stack, depth, path)
                     self.exported.append(depth)
                 self.sessions[depth] = ort.InferenceSession(str(path), providers=self.providers)
             return self.sessions[depth]
 
-    @torch.no_grad()
-    def forward_batch(
-        self,
-        batch: TokenizedCells,
-        layout: PackedLayout,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-    ) -> dict[str, dict[int, torch.Tensor]]:
-        values, positions = self.to_device(batch.values), self.to_device(batch.positions)
-        x = self.encoder.embed_inputs(values, positions)  # layer 0, packed [tokens, D]
-        states = self._layer_states(x, layout, layers)
-        return pool_layers(states, layers, poolings, CellPooler(layout, self.device).all)
-
-    def _layer_states(
-        self, x: torch.Tensor, layout: PackedLayout, layers: Sequence[int]
+    def __call__(
+        self, x: torch.Tensor, layout: PackedLayout, last: int, wanted: frozenset[int]
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Layer 0 from torch, then the wanted layers of one run of the depth-``max(layers)``
-        graph on the cells padded to the longest, back in packed order."""
-        yield 0, x
-        depth = max(layers)
-        if depth == 0:
+        """The wanted layers of one run of the depth-``last`` graph on the cells padded to the
+        longest, back in packed order."""
+        if last == 0:
             return
         lengths = np.diff(np.asarray(layout.bounds))
         n_cells, width, dim = len(lengths), int(lengths.max()), x.shape[1]
@@ -190,12 +168,12 @@ class OnnxScFoundationBackend(ScFoundationBackend):
         padded = np.zeros((n_cells, width, dim), dtype=np.float32)
         padded[real] = x.float().cpu().numpy()  # row-major order = packed order
         try:
-            hidden = self.session(depth).run(None, {"x": padded, "pad_mask": ~real})
+            hidden = self.session(last).run(None, {"x": padded, "pad_mask": ~real})
         except Exception as err:  # onnxruntime reports allocation failures as RuntimeException
             if "alloc" in str(err).lower() or "out of memory" in str(err).lower():
-                # the shared split-and-retry (packing.embed_in_batches) handles this type
+                # the shared split-and-retry (runtime/batching.py) handles this type
                 raise torch.OutOfMemoryError(f"ONNX Runtime: {err}") from err
             raise
         real_t = torch.from_numpy(real).to(self.device)
-        for k in sorted(set(layers) - {0}):
+        for k in sorted(wanted - {0}):
             yield k, torch.from_numpy(hidden[k - 1]).to(self.device)[real_t]

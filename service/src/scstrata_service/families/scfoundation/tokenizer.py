@@ -14,18 +14,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, field_validator
 
-from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
 from scstrata_service.gene_mapping import GeneColumns, mapped_totals, to_model_genes
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
-MAX_LISTED = 20
 MAX_TGTHIGHRES = 1e3
 
 
-class ScFoundationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScFoundationOptions(FamilyOptions):
+    family_label = "scFoundation"
 
     pre_normalized: bool = Field(
         default=False,
@@ -36,27 +35,17 @@ class ScFoundationOptions(BaseModel):
         description="T token: 't<k>' = k, 'f<k>' = log10(total*k), 'a<k>' = log10(total)+k",
     )
 
+    @field_validator("tgthighres")
     @classmethod
-    def parse(cls, options: Mapping[str, object]) -> ScFoundationOptions:
-        try:
-            parsed = cls.model_validate(dict(options))
-        except ValidationError as err:
-            problems = "; ".join(
-                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+    def _resolution_token(cls, value: str) -> str:
+        if not TGTHIGHRES.match(value):
+            raise ValueError(f"{value!r} is not t<k>, f<k> or a<k> (e.g. 't4')")
+        if float(value[1:]) > MAX_TGTHIGHRES:  # beyond it the embeddings are NaN
+            raise ValueError(
+                f"k must be at most {MAX_TGTHIGHRES:g}; send t<k>, f<k> or a<k> with a small k "
+                "(e.g. 't4')"
             )
-            raise InputError(
-                f"{problems} (scFoundation options: pre_normalized, tgthighres)"
-            ) from None
-        if not TGTHIGHRES.match(parsed.tgthighres):
-            raise InputError(
-                f"options.tgthighres: {parsed.tgthighres!r} is not t<k>, f<k> or a<k> (e.g. 't4')"
-            )
-        if float(parsed.tgthighres[1:]) > MAX_TGTHIGHRES:  # beyond it the embeddings are NaN
-            raise InputError(
-                f"options.tgthighres: k must be at most {MAX_TGTHIGHRES:g}; send t<k>, f<k> "
-                "or a<k> with a small k (e.g. 't4')"
-            )
-        return parsed
+        return value
 
     def target_token(self, total: np.ndarray) -> np.ndarray:
         kind, k = self.tgthighres[0], float(self.tgthighres[1:])
@@ -69,6 +58,10 @@ class ScFoundationOptions(BaseModel):
 
 
 class ScFoundationTokenizer:
+    """contract.Tokenizer; token ids are gene positions in the vocabulary (T, S after it)."""
+
+    options = ScFoundationOptions
+
     def __init__(self, vocabulary: Sequence[str]):
         self.vocabulary = list(vocabulary)
         self.index = {gene: i for i, gene in enumerate(self.vocabulary)}
@@ -76,6 +69,9 @@ class ScFoundationTokenizer:
         self.s_position = len(self.vocabulary) + 1
         # vocabulary index per input column (-1 = unknown), and the unknown names
         self.map_genes = GeneColumns(lambda gene: self.index.get(gene, -1))
+
+    def known_genes(self) -> list[str]:
+        return list(self.vocabulary)
 
     def to_vocabulary(self, counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
         """Reorder/fill the input columns to vocabulary order (missing genes are zero)."""
@@ -100,11 +96,11 @@ class ScFoundationTokenizer:
         total = mapped_totals(counts, columns)
         bad = np.flatnonzero((total <= 1) | (opts.target_token(total) <= 0))
         if len(bad):
-            listed = ", ".join(map(str, bad[:MAX_LISTED])) + (" …" if len(bad) > MAX_LISTED else "")
             raise InputError(
                 f"cells: {len(bad)} cell(s) have a total of at most 1 over the model's genes "
                 f"(or a non-positive T token), so scFoundation's log10-total tokens are undefined: "
-                f"rows [{listed}]. Drop or filter these cells (e.g. min counts > 1) and resend."
+                f"rows [{listed(bad)}]. Drop or filter these cells (e.g. min counts > 1) and "
+                "resend."
             )
 
     def tokenize(
@@ -137,8 +133,8 @@ class ScFoundationTokenizer:
         out_positions[offsets[1:] - 2] = self.t_position
         out_positions[offsets[1:] - 1] = self.s_position
         return TokenizedCells(
+            token_ids=out_positions,
             values=out_values.astype(np.float32),
-            positions=out_positions,
             offsets=offsets,
             unmapped_genes=list(unmapped),
         )

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
 
 ARGS = "args.json"
@@ -36,10 +37,6 @@ WEIGHTS = "best_model.pt"
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
 ENCODER_PREFIXES = ("encoder.", "value_encoder.", "transformer_encoder.")
 LAYER_KEY = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
-
-
-class CheckpointError(ValueError):
-    """The folder is not an scGPT checkpoint we can serve faithfully."""
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,13 @@ of block ``k``; there is no final norm, so layer ``L`` is block ``L``'s output.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-
 import torch
 from torch import nn
 
-from scstrata_service.families.scfoundation.encoder import packed_block
+from scstrata_service.families.scfoundation.encoder import PackedEncoderLayer
 from scstrata_service.families.scgpt.checkpoint import ScGPTConfig
 from scstrata_service.families.tahoe.encoder import CellPooler, ExpressionEncoder, GeneEncoder
-from scstrata_service.layer_pooling import block_states, pool_layers
-from scstrata_service.packing import PackedLayout
+from scstrata_service.runtime.attention import PackedLayout
 
 POOLINGS = ("official", "cls", "mean")
 MAX_VALUE = 512.0  # the official value encoder's clamp
@@ -33,7 +30,7 @@ class TransformerStack(nn.Module):
     def __init__(self, config: ScGPTConfig):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
+            PackedEncoderLayer(
                 config.hidden, config.n_heads, config.d_hid, dropout=0.0, batch_first=True
             )
             for _ in range(config.n_layers)
@@ -41,7 +38,13 @@ class TransformerStack(nn.Module):
 
 
 class ScGPTEncoder(nn.Module):
-    compile_blocks = False  # set by the backend: run blocks under torch.compile
+    """contract.PackedEncoder: token ids are vocabulary ids (``<cls>`` first in each cell).
+
+    Poolings: ``official`` = the ``<cls>`` state L2-normalised (the official embedding),
+    ``cls`` = it raw, ``mean`` = the mean of the gene tokens (not ``<cls>``).
+    """
+
+    final_norm = None  # post-norm blocks, no norm after the last: layer L is block L
 
     def __init__(self, config: ScGPTConfig):
         super().__init__()
@@ -56,46 +59,15 @@ class ScGPTEncoder(nn.Module):
     def n_layers(self) -> int:
         return self.config.n_layers
 
-    def embed_inputs(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer_encoder.layers
+
+    def embed_inputs(
+        self, token_ids: torch.Tensor, values: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
         """Layer 0: normed gene embedding + value embedding (kept in fp32)."""
-        return self.encoder(genes) + self.value_encoder(values)
+        return self.encoder(token_ids) + self.value_encoder(values)
 
-    def layer_states(
-        self,
-        genes: torch.Tensor,
-        values: torch.Tensor,
-        layout: PackedLayout,
-        last: int,
-        attention: str,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(k, states [tokens, dim])`` for k = 0..last; blocks after ``last`` never run."""
-        return block_states(
-            self.embed_inputs(genes, values),
-            self.transformer_encoder.layers,
-            packed_block,
-            layout,
-            last,
-            attention,
-            compile_blocks=self.compile_blocks,
-            compute_dtype=compute_dtype,
-        )
-
-    # no_grad, not inference_mode: jagged nested tensors cannot be built from inference tensors
-    @torch.no_grad()
-    def forward_pooled(
-        self,
-        genes: torch.Tensor,
-        values: torch.Tensor,
-        layout: PackedLayout,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        attention: str,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> dict[str, dict[int, torch.Tensor]]:
-        """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer:
-        ``official`` = the ``<cls>`` state L2-normalised (the official embedding), ``cls`` =
-        it raw, ``mean`` = the mean of the gene tokens (not ``<cls>``)."""
-        states = self.layer_states(genes, values, layout, max(layers), attention, compute_dtype)
-        pool = CellPooler(layout, genes.device, "cls")
-        return pool_layers(states, layers, poolings, pool.all)
+    def pooler(self, layout: PackedLayout) -> CellPooler:
+        return CellPooler(layout, "cls")

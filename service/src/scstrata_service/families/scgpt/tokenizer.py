@@ -33,20 +33,19 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
 from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros
 
-MAX_LISTED = 20
 # the official embedding call's default sequence length (= the whole-human max_seq_len)
 DEFAULT_MAX_LENGTH = 1200
 # np.quantile grades of the collator's fixed 51 bins: 50 edges, bins 1..50
 GRADES = np.linspace(0, 1, 50)
 
 
-class ScGPTOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScGPTOptions(FamilyOptions):
+    family_label = "scGPT"
 
     max_length: int = Field(
         default=DEFAULT_MAX_LENGTH,
@@ -67,18 +66,6 @@ class ScGPTOptions(BaseModel):
         "`subsample`; 'middle' = the middle bin of that range",
     )
     seed: int = Field(default=0, ge=0, description="seed of the 'random' subsample and ties")
-
-    @classmethod
-    def parse(cls, options: Mapping[str, object]) -> ScGPTOptions:
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as err:
-            problems = "; ".join(
-                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
-            raise InputError(
-                f"{problems} (scGPT options: max_length, subsample, ties, seed)"
-            ) from None
 
 
 def quantile_bins(values: np.ndarray, ties: str, draws: np.ndarray | None = None) -> np.ndarray:
@@ -108,6 +95,10 @@ def cell_generator(seed: int, ids: np.ndarray, values: np.ndarray) -> np.random.
 
 
 class ScGPTTokenizer:
+    """contract.Tokenizer; token ids are vocabulary ids, ``<cls>`` first in every cell."""
+
+    options = ScGPTOptions
+
     def __init__(self, vocabulary: Mapping[str, int], pad_value: float):
         # the special tokens (<pad>, <cls>, <eoc>, any <…>) are not genes a request may name
         self.index = {
@@ -139,12 +130,9 @@ class ScGPTTokenizer:
             )
         empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
         if len(empty):
-            listed = ", ".join(map(str, empty[:MAX_LISTED])) + (
-                " …" if len(empty) > MAX_LISTED else ""
-            )
             raise InputError(
                 f"cells: {len(empty)} cell(s) express none of the model's genes, so scGPT has "
-                f"nothing to embed: rows [{listed}]. Drop these cells (or send more genes)."
+                f"nothing to embed: rows [{listed(empty)}]. Drop these cells (or send more genes)."
             )
 
     def expressed(
@@ -202,8 +190,8 @@ class ScGPTTokenizer:
             out_values += [[self.pad_value], bins]
             lengths.append(1 + len(cell_ids))
         return TokenizedCells(
+            token_ids=np.concatenate(out_ids or [[]]).astype(np.int64),
             values=np.concatenate(out_values or [[]]).astype(np.float32),
-            positions=np.concatenate(out_ids or [[]]).astype(np.int64),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             unmapped_genes=list(unmapped),
         )

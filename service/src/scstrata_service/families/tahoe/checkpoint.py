@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
 
 MODEL_CONFIG = "model_config.yml"
@@ -33,10 +34,6 @@ COMPOSER = "best-model.pt"
 ENCODER_PREFIXES = ("gene_encoder.", "expression_encoder.", "transformer_encoder.")
 LAYERNORMS = ("layernorm", "low_precision_layernorm")
 CELL_EMB_STYLES = ("cls", "avg-pool")
-
-
-class CheckpointError(ValueError):
-    """The folder is not a Tahoe-X1 checkpoint we can serve faithfully."""
 
 
 def _activation_name(name: object, where: str) -> str:

@@ -14,15 +14,15 @@ block ``k``, ``L`` = output of the last block after ``transformer_encoder.norm``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.tahoe.checkpoint import TahoeConfig
-from scstrata_service.layer_pooling import block_states, pool_layers
-from scstrata_service.packing import PackedLayout, packed_attention, segment_mean
+from scstrata_service.runtime.attention import PackedLayout, packed_attention
+from scstrata_service.runtime.pooling import GeneTokens, cell_of_tokens, segment_mean
 
 POOLINGS = ("official", "cls", "mean")
 
@@ -124,7 +124,7 @@ class TransformerStack(nn.Module):
 
 
 class TahoeEncoder(nn.Module):
-    compile_blocks = False  # set by the backend: run blocks under torch.compile
+    """contract.PackedEncoder: token ids are vocabulary ids (``<cls>`` first in each cell)."""
 
     def __init__(self, config: TahoeConfig):
         super().__init__()
@@ -139,79 +139,45 @@ class TahoeEncoder(nn.Module):
     def n_layers(self) -> int:
         return self.config.n_layers
 
-    def embed_inputs(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer_encoder.layers
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        return self.transformer_encoder.norm
+
+    def embed_inputs(
+        self, token_ids: torch.Tensor, values: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
         """Layer 0: gene embedding + expression embedding (kept in fp32)."""
-        return self.gene_encoder(genes) + self.expression_encoder(values)
+        return self.gene_encoder(token_ids) + self.expression_encoder(values)
 
-    def layer_states(
-        self,
-        genes: torch.Tensor,
-        values: torch.Tensor,
-        layout: PackedLayout,
-        last: int,
-        attention: str,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(k, states [tokens, dim])`` for k = 0..last (the final norm, where the model has
-        one, on layer L); blocks after ``last`` never run."""
-        return block_states(
-            self.embed_inputs(genes, values),
-            self.transformer_encoder.layers,
-            Block.forward,
-            layout,
-            last,
-            attention,
-            compile_blocks=self.compile_blocks,
-            compute_dtype=compute_dtype,
-            final_norm=self.transformer_encoder.norm,
-        )
-
-    # no_grad, not inference_mode: jagged nested tensors cannot be built from inference tensors
-    @torch.no_grad()
-    def forward_pooled(
-        self,
-        genes: torch.Tensor,
-        values: torch.Tensor,
-        layout: PackedLayout,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        attention: str,
-        compute_dtype: torch.dtype = torch.float32,
-    ) -> dict[str, dict[int, torch.Tensor]]:
-        """Run blocks ``1..max(layers)`` (early exit) and pool each requested layer."""
-        states = self.layer_states(genes, values, layout, max(layers), attention, compute_dtype)
-        pool = CellPooler(layout, genes.device, self.config.cell_emb_style)
-        return pool_layers(states, layers, poolings, pool.all)
+    def pooler(self, layout: PackedLayout) -> CellPooler:
+        return CellPooler(layout, self.config.cell_emb_style)
 
 
 class CellPooler:
     """Tahoe-X1's poolings over packed cells whose first token is ``<cls>``."""
 
-    def __init__(self, layout: PackedLayout, device: torch.device, cell_emb_style: str):
+    def __init__(self, layout: PackedLayout, cell_emb_style: str):
         self.style = cell_emb_style
         self.n_cells = layout.n_cells
         self.cls_index = layout.offsets[:-1]
-        lengths = torch.diff(layout.offsets)
-        cells = torch.arange(self.n_cells, device=device)
-        self.token_cell = torch.repeat_interleave(cells, lengths)
-        is_gene = torch.ones(int(layout.offsets[-1]), dtype=torch.bool, device=device)
-        is_gene[self.cls_index] = False
-        self.gene_index = torch.nonzero(is_gene).squeeze(1)
-        self.gene_cell = self.token_cell[self.gene_index]
+        self.layout = layout
+        self.genes = GeneTokens(layout, head=1)
 
-    def __call__(self, pooling: str, x: torch.Tensor) -> torch.Tensor:
+    def one(self, pooling: str, x: torch.Tensor) -> torch.Tensor:
         if pooling == "cls":
             return x[self.cls_index].float()
         if pooling == "mean":
-            return segment_mean(x[self.gene_index], self.gene_cell, self.n_cells)
-        if pooling == "official":
-            # the model's cell_emb_style, then the official extractor's L2 normalisation
-            if self.style == "cls":
-                cell = x[self.cls_index].float()
-            else:  # avg-pool: every token of the cell, <cls> included
-                cell = segment_mean(x, self.token_cell, self.n_cells)
-            return F.normalize(cell, dim=1)
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            return self.genes.mean(x)
+        # "official": the model's cell_emb_style, then the official extractor's L2 norm
+        if self.style == "cls":
+            cell = x[self.cls_index].float()
+        else:  # avg-pool: every token of the cell, <cls> included
+            cell = segment_mean(x, cell_of_tokens(self.layout), self.n_cells)
+        return F.normalize(cell, dim=1)
 
-    def all(self, poolings: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {p: self(p, x) for p in poolings}
+    def __call__(self, poolings: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {p: self.one(p, x) for p in poolings}

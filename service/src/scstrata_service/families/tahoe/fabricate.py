@@ -186,7 +186,7 @@ def _weights(
 def fabricate_checkpoint(
     folder: Path,
     *,
-    d_model: int = 32,
+    hidden: int = 32,
     n_layers: int = 3,
     n_heads: int = 4,
     n_kv_heads: int | None = None,
@@ -213,9 +213,9 @@ def fabricate_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     genes = ensembl_like_ids(vocab_genes, seed) if isinstance(vocab_genes, int) else vocab_genes
     vocab = _vocabulary(list(genes), use_chem_token)
-    kv_width = (n_kv_heads or n_heads) * (d_model // n_heads)
+    kv_width = (n_kv_heads or n_heads) * (hidden // n_heads)
     model_config = _model_config(
-        d_model,
+        hidden,
         n_layers,
         n_heads,
         n_kv_heads,
@@ -233,11 +233,11 @@ def fabricate_checkpoint(
     (folder / COLLATOR_CONFIG).write_text(yaml.safe_dump(collator_config, sort_keys=False))
     (folder / VOCABULARY).write_text(json.dumps(vocab, indent=2))
     state = _weights(
-        d_model,
+        hidden,
         n_layers,
         kv_width,
         len(vocab),
-        d_model * expansion_ratio,
+        hidden * expansion_ratio,
         use_chem_token,
         torch.Generator().manual_seed(seed),
     )

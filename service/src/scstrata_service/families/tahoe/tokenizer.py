@@ -25,18 +25,17 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from scstrata_service.backend import InputError, TokenizedCells
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
 from scstrata_service.families.tahoe.checkpoint import CollatorConfig
 from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros
 
-MAX_LISTED = 20
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
 
 
-class TahoeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TahoeOptions(FamilyOptions):
+    family_label = "Tahoe-X1"
 
     max_length: int | None = Field(
         default=None,
@@ -53,20 +52,12 @@ class TahoeOptions(BaseModel):
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="seed of the 'random' subsample")
 
-    @classmethod
-    def parse(cls, options: Mapping[str, object]) -> TahoeOptions:
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as err:
-            problems = "; ".join(
-                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
-            raise InputError(
-                f"{problems} (Tahoe-X1 options: max_length, subsample, seed)"
-            ) from None
-
 
 class TahoeTokenizer:
+    """contract.Tokenizer; token ids are vocabulary ids, ``<cls>`` first in every cell."""
+
+    options = TahoeOptions
+
     def __init__(self, vocabulary: Mapping[str, int], collator: CollatorConfig):
         # special tokens (<pad>, <cls>, <eoc>, <drug>) are not genes a request may name
         self.index = {tok: i for tok, i in vocabulary.items() if not tok.startswith("<")}
@@ -79,6 +70,9 @@ class TahoeTokenizer:
     @property
     def n_genes(self) -> int:
         return len(self.index)
+
+    def known_genes(self) -> list[str]:
+        return list(self.index)
 
     def lookup(self, gene: str) -> int:
         """Vocabulary index of a gene id (-1 = unknown); 'ENSG….5' falls back to 'ENSG…'."""
@@ -122,12 +116,9 @@ class TahoeTokenizer:
             )
         empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
         if len(empty):
-            listed = ", ".join(map(str, empty[:MAX_LISTED])) + (
-                " …" if len(empty) > MAX_LISTED else ""
-            )
             raise InputError(
                 f"cells: {len(empty)} cell(s) express none of the model's genes, so Tahoe-X1 has "
-                f"nothing to embed: rows [{listed}]. Drop these cells (or send more genes)."
+                f"nothing to embed: rows [{listed(empty)}]. Drop these cells (or send more genes)."
             )
 
     def encode_values(self, values: np.ndarray) -> np.ndarray:
@@ -183,8 +174,8 @@ class TahoeTokenizer:
             out_values += [[c.pad_value], values]
             lengths.append(1 + len(cell_ids))
         return TokenizedCells(
+            token_ids=np.concatenate(out_ids or [[]]).astype(np.int64),
             values=np.concatenate(out_values or [[]]).astype(np.float32),
-            positions=np.concatenate(out_ids or [[]]).astype(np.int64),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             unmapped_genes=list(unmapped),
         )
