@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-dask-"))
-    checkpoint = fabricate_checkpoint(work / "ckpt", hidden=32, depth=2, heads=4)
+    checkpoint = fabricate_checkpoint(work / "ckpt", hidden=32, n_layers=2, n_heads=4)
     backend = ScFoundationBackend.load("bench", checkpoint, device="cpu")
     counts, genes = synthetic_cells(
         backend.tokenizer.vocabulary, args.cells, args.median, 100, 3 * args.median, seed=3
