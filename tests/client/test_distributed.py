@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from scstrata_client import Client
+from scstrata_client._cache import digest_card
 from scstrata_client.distributed import embed_on_dask
 from scstrata_client.store import StoreMismatch, read_store
 
@@ -257,6 +258,50 @@ def test_a_file_input_is_read_by_the_workers(dask_client, replicas, cells, refer
         progress=False,
     )
     assert_equal_to_reference(read_store(tmp_path / "from-file.zarr"), reference)
+
+
+def test_in_process_workers_write_the_same_store_as_the_replicas(
+    dask_client, replicas, checkpoint, cells, reference, tmp_path
+):
+    counts, genes = cells
+    n = 12 * CHUNK  # the first 12 chunks: a cell's embedding does not depend on the others
+    embed_on_dask(
+        dask_client,
+        counts[:n],
+        genes,
+        model="scf",
+        out=tmp_path / "in-process.zarr",
+        in_process=f"scfoundation:{checkpoint.parent}",
+        pooling=POOLING,
+        chunk_size=CHUNK,
+        chunks_per_task=3,
+        progress=False,
+    )
+    store = read_store(tmp_path / "in-process.zarr")
+    assert_equal_to_reference(store, {k: rows[:n] for k, rows in reference.items()})
+    # the same card digest as over HTTP: a sweep may be resumed either way
+    with Client(replicas[0][0], cache=False) as client:
+        (card,) = client.models()
+    assert store.spec.card_digest == digest_card(card.model_dump(mode="json"))
+
+
+def test_the_cli_runs_a_sweep_on_the_scheduler(dask_client, replicas, cells, tmp_path, capsys):
+    from scstrata_client.cli import main
+
+    counts, genes = cells
+    adata = ad.AnnData(counts[:700].astype(np.float32))
+    adata.var_names = genes
+    adata.write_h5ad(tmp_path / "few.h5ad")
+    urls, _ = replicas
+    code = main(
+        ["embed", str(tmp_path / "few.h5ad"), "-o", str(tmp_path / "few.zarr"),
+         "--scheduler", dask_client.scheduler.address, "--url", ",".join(urls),
+         "--model", "scf", "--layers", "0,-1", "--pooling", POOLING, "--chunk-size", "100"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    store = read_store(tmp_path / "few.zarr")
+    assert store.complete and store.layers == [0, 2] and store.n_cells == 700
+    assert "wrote" in capsys.readouterr().err
 
 
 def test_a_store_of_other_options_is_refused(dask_client, replicas, cells, tmp_path):

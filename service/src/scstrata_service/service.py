@@ -119,6 +119,9 @@ class Embedder:
         # here, not in __init__: torch's current CUDA device is per thread
         placement = place_this_worker(SETTINGS.device, SETTINGS.workers)
         record_worker(placement.worker, placement.device)
+        from scstrata_service.runtime.device import apply_threads  # torch: only in workers
+
+        apply_threads()  # SCSTRATA_THREADS, else the CPUs this process may use (torch and BLAS)
         registry = Registry.load(
             specs_from_env(), **SETTINGS.backend_settings(device=placement.device)
         )
