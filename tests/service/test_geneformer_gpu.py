@@ -24,7 +24,7 @@ def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, version="V2", hidden=64, n_layers=3, n_genes=2000)
     cpu = geneformer.load("gf", folder, device="cpu")
     gpu = geneformer.load("gf", folder, attention=attention, compile_blocks=compiled)
-    assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
+    assert gpu.device.type == "cuda" and gpu.policy.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.genes)
     dense = rng.poisson(1.0, (24, len(genes))) * (rng.random((24, len(genes))) < 0.4)

@@ -31,7 +31,7 @@ def test_packed_bf16_on_cuda_matches_the_fp32_per_cell_reference(
     backend = scfoundation.load(
         "scf", tiny_checkpoint, attention=attention, compile_blocks=compiled
     )
-    assert backend.device.type == "cuda" and backend.compute_dtype == torch.bfloat16
+    assert backend.device.type == "cuda" and backend.policy.compute_dtype == torch.bfloat16
     pooled = backend.embed(backend.tokenize(counts, genes, {}), [0, 1, 3], ["official", "S"])
     reference = ScFoundationReference(tiny_checkpoint)
     cells = [reference.embed_cell(row, genes) for row in counts.toarray()]

@@ -28,7 +28,7 @@ def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, hidden=64, n_heads=4, n_genes=2000)
     cpu = scgpt.load("sg", folder, device="cpu")
     gpu = scgpt.load("sg", folder, attention=attention, compile_blocks=compiled)
-    assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
+    assert gpu.device.type == "cuda" and gpu.policy.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = cpu.known_genes()
     dense = rng.poisson(1.0, (24, len(genes))) * (rng.random((24, len(genes))) < 0.1)

@@ -8,7 +8,7 @@ import pytest
 
 from scstrata_service.admission import Backlog
 from scstrata_service.engine import EmbedJob, JobFailure, JobResult, run_jobs
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 from scstrata_service.schemas import Refused
 
 from helpers import make_cells
@@ -16,7 +16,7 @@ from helpers import make_cells
 
 @pytest.fixture
 def backend(tiny_checkpoint):
-    return ScFoundationBackend.load("scf", tiny_checkpoint, max_tokens=100_000)
+    return scfoundation.load("scf", tiny_checkpoint, max_tokens=100_000)
 
 
 def jobs_for(backend, vocabulary, n_jobs, seed=0):
@@ -55,17 +55,17 @@ def test_a_forward_pass_failure_is_isolated_to_its_job(backend, vocabulary):
     jobs = jobs_for(backend, vocabulary, 4, seed=10)
     alone = [run_jobs([job])[0] for job in jobs]
     bad_tokens = backend.tokenize(jobs[1].counts, jobs[1].genes, {})
-    embed = backend.embed
+    read = backend.read
 
-    def failing(tokens, layers, poolings):
+    def failing(tokens, readout):
         # the bad job's cells are recognised by their token count, in a group or alone
         if tokens.n_cells == 3 and int(tokens.offsets[-1]) == int(bad_tokens.offsets[-1]):
             raise RuntimeError("a kernel failed")
         if tokens.n_cells > 3:
             raise RuntimeError("a kernel failed in the merged group")
-        return embed(tokens, layers, poolings)
+        return read(tokens, readout)
 
-    backend.embed = failing
+    backend.read = failing
     results = run_jobs(jobs)
     assert isinstance(results[1], JobFailure) and results[1].status == 500
     for i in (0, 2, 3):
@@ -74,14 +74,14 @@ def test_a_forward_pass_failure_is_isolated_to_its_job(backend, vocabulary):
 
 def test_a_non_finite_embedding_is_never_returned(backend, vocabulary):
     jobs = jobs_for(backend, vocabulary, 3, seed=20)
-    embed = backend.embed
+    read = backend.read
 
-    def with_nan(tokens, layers, poolings):
-        pooled = embed(tokens, layers, poolings)
+    def with_nan(tokens, readout):
+        pooled = read(tokens, readout)
         pooled["S"][3][4] = np.nan  # the second cell of the second job
         return pooled
 
-    backend.embed = with_nan
+    backend.read = with_nan
     results = run_jobs(jobs)
     failure = results[1]
     assert isinstance(failure, JobFailure) and failure.status == 500
@@ -93,13 +93,13 @@ def test_a_job_nobody_waits_for_gets_no_forward_pass(backend, vocabulary):
     jobs = jobs_for(backend, vocabulary, 3, seed=30)
     jobs[0].wanted = lambda: False
     passes = []
-    embed = backend.embed
+    read = backend.read
 
-    def counting(tokens, layers, poolings):
+    def counting(tokens, readout):
         passes.append(tokens.n_cells)
-        return embed(tokens, layers, poolings)
+        return read(tokens, readout)
 
-    backend.embed = counting
+    backend.read = counting
     results = run_jobs(jobs)
     assert isinstance(results[0], JobFailure) and results[0].status == 503
     assert sum(passes) == 6  # the two wanted jobs' cells only

@@ -31,7 +31,7 @@ def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled, n
     )
     cpu = tahoe.load("tx", folder, device="cpu")
     gpu = tahoe.load("tx", folder, attention=attention, compile_blocks=compiled)
-    assert gpu.device.type == "cuda" and gpu.compute_dtype == torch.bfloat16
+    assert gpu.device.type == "cuda" and gpu.policy.compute_dtype == torch.bfloat16
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.index)
     dense = rng.poisson(1.0, (24, len(genes))) * (rng.random((24, len(genes))) < 0.1)

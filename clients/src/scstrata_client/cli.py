@@ -284,12 +284,13 @@ def _embed_on_dask(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.in_process is None and not args.url:
+    joined = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
+    if args.in_process is None and not joined:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
         return 2
     urls = None
     if args.in_process is None:
-        urls = args.url if isinstance(args.url, list) else args.url.split(",")
+        urls = [url.strip() for url in joined.split(",") if url.strip()]
     store = embed_on_dask(
         args.scheduler,
         Path(args.file),
