@@ -139,7 +139,7 @@ def _embed(args: argparse.Namespace) -> int:
     urls = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
     args.url = urls  # one string, URLs separated by commas
     if args.scheduler or args.in_process:
-        return _embed_on_dask(args)
+        return _embed_on_dask(args, urls)
     if not urls:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
         return 2
@@ -272,7 +272,8 @@ def _read_h5ad(path: Path) -> Any:
         raise ValueError(f"{path}: not an h5ad file ({err}){hint}") from err
 
 
-def _embed_on_dask(args: argparse.Namespace) -> int:
+def _embed_on_dask(args: argparse.Namespace, joined: str | None) -> int:
+    """``joined``: the replicas' URLs, one string separated by commas (as ``_embed`` made it)."""
     if not args.scheduler:
         print("scstrata embed: --in-process needs --scheduler", file=sys.stderr)
         return 2
@@ -284,7 +285,6 @@ def _embed_on_dask(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    joined = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
     if args.in_process is None and not joined:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
         return 2

@@ -59,7 +59,9 @@ def server_info(registry: object | None, placement: dict | None, backlog: object
 
     models = []
     for name, backend in (getattr(registry, "backends", None) or {}).items():
-        dtype = getattr(backend, "compute_dtype", None)
+        # packed backends carry their placement in a DevicePolicy (runtime/device.py)
+        policy = getattr(backend, "policy", None)
+        dtype = getattr(policy, "compute_dtype", None)
         models.append(
             {
                 "name": name,
@@ -67,7 +69,7 @@ def server_info(registry: object | None, placement: dict | None, backlog: object
                 "device": str(getattr(backend, "device", "")),
                 "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
                 "max_tokens_per_pass": getattr(backend, "max_tokens", None),
-                "attention": getattr(backend, "attention", None),
+                "attention": getattr(policy, "attention", None),
             }
         )
     return {
