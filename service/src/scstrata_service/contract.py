@@ -196,11 +196,8 @@ class PackedEncoder(Protocol):
     (every block of one model is of one class, so one compiled graph serves them all).
     """
 
-    blocks: Sequence[torch.nn.Module]
+    blocks: Sequence[torch.nn.Module]  # the model's L blocks, in order
     final_norm: torch.nn.Module | None
-
-    @property
-    def n_layers(self) -> int: ...
 
     def embed_inputs(
         self, token_ids: torch.Tensor, values: torch.Tensor, layout: PackedLayout
