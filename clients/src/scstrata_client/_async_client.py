@@ -183,11 +183,25 @@ class AsyncClient(ClientBase):
             write_to=write_to,
         )
 
+    async def _read_features(self) -> None:
+        """``GET /info``, once per client: what the service accepts beyond JSON."""
+        try:
+            info = await self._request("GET", "/info")
+        except InvalidRequest as exc:
+            if exc.status_code != 404:
+                raise
+            info = None  # a service older than /info
+        self._learn_features(info)
+
     async def _run(
         self, job: EmbedJob, done_cells: int = 0
     ) -> AsyncIterator[tuple[int, np.ndarray]]:
         done_cells += await asyncio.to_thread(job.load_cache)
         tasks = job.tasks(self.transport_format, self._npz_ok)
+        if self._wants_features(job, tasks):
+            await self._read_features()
+            tasks = job.tasks(self.transport_format, self._npz_ok)
+        self._check_features(job)
         bar = self._bar(job, len(tasks), done_cells)
         # Tasks are started only as earlier ones finish, so that no more than the window's
         # replies exist at once; each is dropped once accepted.
@@ -236,16 +250,7 @@ class AsyncClient(ClientBase):
     ) -> tuple[ChunkTask, ChunkResult | None]:
         """See ``Client._send_chunk``: a chunk for the store is written in a thread of its own."""
         task = self._current(task)
-        while True:
-            try:
-                payload = await self._post(job, task)
-                break
-            except InvalidRequest as exc:
-                # An older service: at most two steps back (JSON cells, then JSON replies).
-                fallback = self._json_fallback(task, exc)
-                if fallback is None or fallback == task:
-                    raise
-                task = fallback
+        payload = await self._post(job, task)
         chunk = job.parse(task, payload)
         if job.store is not None:
             await asyncio.to_thread(job.accept, task, chunk)

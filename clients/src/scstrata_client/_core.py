@@ -115,6 +115,8 @@ class EmbedJob:
     _written: set[int] = field(default_factory=set, repr=False)
     _meta_key: str | None = field(default=None, repr=False)
     _genes_digest: str | None = field(default=None, repr=False)
+    extra: list[EmbedJob] = field(default_factory=list)
+    """Jobs for the ``extra_outputs``: other poolings of the same cells, from the same pass."""
 
     @classmethod
     def plan(
