@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 MAX_LISTED = 50
 
 
-def listed(items: Sequence[object]) -> str:
-    """The first :data:`MAX_LISTED` items, comma-separated, with "…" when there are more."""
-    return ", ".join(map(str, items[:MAX_LISTED])) + (" …" if len(items) > MAX_LISTED else "")
+def listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` items, comma-separated, then "… (N in all)" when there are more."""
+    more = f" … ({len(items)} in all)" if len(items) > limit else ""
+    return ", ".join(map(str, items[:limit])) + more
 
 
 class InputError(ValueError):
