@@ -95,6 +95,21 @@ class TokenizedCells:
     offsets: np.ndarray
     unmapped_genes: list[str] = field(default_factory=list)
 
+    @staticmethod
+    def from_cells(
+        token_ids: Sequence[np.ndarray],
+        values: Sequence[np.ndarray],
+        unmapped_genes: Sequence[str] = (),
+    ) -> TokenizedCells:
+        """Cells given one by one (token ids and values per cell), packed end to end."""
+        lengths = [len(ids) for ids in token_ids]
+        return TokenizedCells(
+            token_ids=np.concatenate([*token_ids, np.zeros(0, np.int64)]).astype(np.int64),
+            values=np.concatenate([*values, np.zeros(0, np.float32)]).astype(np.float32),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            unmapped_genes=list(unmapped_genes),
+        )
+
     @property
     def n_cells(self) -> int:
         return len(self.offsets) - 1

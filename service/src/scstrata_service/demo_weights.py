@@ -45,3 +45,13 @@ class RandomTensors:
             f"{prefix}.weight": 1 + self.randn(dim, scale=0.1),
             f"{prefix}.bias": self.randn(dim, scale=0.1),
         }
+
+    def gene_value_encoders(self, gene: str, value: str, vocab_size: int, dim: int) -> dict:
+        """The input encoders of scGPT's release layout, which Tahoe-X1's inherited under other
+        prefixes: ``gene`` embedding and its norm, the flag embedding, and the ``value``
+        encoder (linear1, linear2, norm), drawn in that order."""
+        w = {f"{gene}.embedding.weight": self.randn(vocab_size, dim)}
+        w |= self.norm(f"{gene}.enc_norm", dim)
+        w["flag_encoder.weight"] = self.randn(2, dim)
+        w |= self.linear(f"{value}.linear1", 1, dim) | self.linear(f"{value}.linear2", dim, dim)
+        return w | self.norm(f"{value}.norm", dim)

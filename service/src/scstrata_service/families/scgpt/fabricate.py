@@ -77,11 +77,7 @@ def _weights(
 ) -> dict[str, torch.Tensor]:
     r = RandomTensors(generator)
     linear, norm = r.linear, r.norm
-    w = {"encoder.embedding.weight": r.randn(ntoken, d)}
-    w |= norm("encoder.enc_norm", d)
-    w["flag_encoder.weight"] = r.randn(2, d)
-    w |= linear("value_encoder.linear1", 1, d) | linear("value_encoder.linear2", d, d)
-    w |= norm("value_encoder.norm", d)
+    w = r.gene_value_encoders("encoder", "value_encoder", ntoken, d)
     for i in range(n_layers):
         p = f"transformer_encoder.layers.{i}"
         qkv = linear(f"{p}.self_attn.Wqkv", d, 3 * d)

@@ -149,11 +149,7 @@ def _weights(
 ) -> dict[str, torch.Tensor]:
     r = RandomTensors(generator)
     linear, norm = r.linear, r.norm
-    w = {"gene_encoder.embedding.weight": r.randn(vocab_size, d)}
-    w |= norm("gene_encoder.enc_norm", d)
-    w["flag_encoder.weight"] = r.randn(2, d)
-    w |= linear("expression_encoder.linear1", 1, d) | linear("expression_encoder.linear2", d, d)
-    w |= norm("expression_encoder.norm", d)
+    w = r.gene_value_encoders("gene_encoder", "expression_encoder", vocab_size, d)
     for i in range(n_layers):
         p = f"transformer_encoder.layers.{i}"
         w |= linear(f"{p}.self_attn.Wqkv", d, d + 2 * kv_width)
