@@ -32,6 +32,7 @@ from scstrata_service.families import scfoundation
 from scstrata_service.families.scfoundation.checkpoint import load_vocabulary
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 from scstrata_service.launcher import running_service
+from scstrata_service.runtime.device import apply_threads
 
 MIB = 2**20
 
@@ -95,6 +96,7 @@ def over_http(args, checkpoint: Path, vocabulary: list[str]) -> list[tuple[int, 
 
 
 def in_process(args, checkpoint: Path, vocabulary: list[str]) -> list[tuple[int, float]]:
+    apply_threads(1)  # as the server runs (SCSTRATA_THREADS=1)
     backend = scfoundation.load("scf", checkpoint)
     me = psutil.Process()
     samples = []
