@@ -81,7 +81,8 @@ class FakeService:
     ``supports_cells_npz`` says otherwise); ``supports_cells_npz=False`` one that predates the
     ``cells_npz`` field, which it refuses as an extra input (``unknown_fields="forbid"``, as
     the real service does) or ignores and then misses ``cells`` (``"ignore"``). ``token``
-    makes it demand that bearer token.
+    makes it demand that bearer token. ``GET /info`` lists the features it has; ``info=False``
+    answers it 404, as a service older than /info does.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class FakeService:
         delay: float = 0.0,
         checkpoint_digest: str = "sha256:00",
         record: bool = True,
+        info: bool = True,
     ):
         self.n_layers = n_layers
         self.dims = dims or {"official": 3, "S": 3}
@@ -107,6 +109,7 @@ class FakeService:
         self.token = token
         self.delay = delay
         self.checkpoint_digest = checkpoint_digest
+        self.info = info
         self.calls: list[httpx.Request] = []
         self.record = record
         """False: count calls (``n_calls``) without keeping each request and its body."""
@@ -131,6 +134,10 @@ class FakeService:
             "demo_weights": True,
             "options": {"pre_normalized": "..."},
         }
+
+    @property
+    def info_calls(self) -> int:
+        return sum(r.url.path == "/info" for r in self.calls)
 
     @property
     def embed_bodies(self) -> list[dict[str, Any]]:
@@ -166,6 +173,13 @@ class FakeService:
             return httpx.Response(401, json={"error": "missing or invalid bearer token"})
         if request.url.path == "/models":
             return httpx.Response(200, json=[self.card()])
+        if request.url.path == "/info":
+            if not self.info:
+                return httpx.Response(404, text="Not Found")
+            features = ["json", "extra_outputs"]
+            features += ["npz", "raw_npz_reply"] if self.supports_npz else []
+            features += ["cells_npz"] if self.supports_cells_npz else []
+            return httpx.Response(200, json={"service": "scstrata", "features": features})
         if request.url.path in ("/readyz", "/livez"):
             return httpx.Response(200, json={"status": "ok"})
         items = json.loads(request.content)["items"]

@@ -16,10 +16,10 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
+from ._source import open_rows
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -108,7 +108,8 @@ class AsyncClient(ClientBase):
     ) -> dict[int, np.ndarray] | EmbeddingStore:
         """See :meth:`Client.embed`."""
         self._check_out(out, write_to)
-        X, genes = select_counts(X, genes, counts_layer, gene_column)
+        X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
+        genes = None  # (the row source holds them)
         job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
         if out is not None:
             written = await asyncio.to_thread(job.open_store, out)
@@ -183,11 +184,25 @@ class AsyncClient(ClientBase):
             write_to=write_to,
         )
 
+    async def _read_features(self) -> None:
+        """``GET /info``, once per client: what the service accepts beyond JSON."""
+        try:
+            info = await self._request("GET", "/info")
+        except InvalidRequest as exc:
+            if exc.status_code != 404:
+                raise
+            info = None  # a service older than /info
+        self._learn_features(info)
+
     async def _run(
         self, job: EmbedJob, done_cells: int = 0
     ) -> AsyncIterator[tuple[int, np.ndarray]]:
         done_cells += await asyncio.to_thread(job.load_cache)
         tasks = job.tasks(self.transport_format, self._npz_ok)
+        if self._wants_features(job, tasks):
+            await self._read_features()
+            tasks = job.tasks(self.transport_format, self._npz_ok)
+        self._check_features(job)
         bar = self._bar(job, len(tasks), done_cells)
         # Tasks are started only as earlier ones finish, so that no more than the window's
         # replies exist at once; each is dropped once accepted.
@@ -236,16 +251,7 @@ class AsyncClient(ClientBase):
     ) -> tuple[ChunkTask, ChunkResult | None]:
         """See ``Client._send_chunk``: a chunk for the store is written in a thread of its own."""
         task = self._current(task)
-        while True:
-            try:
-                payload = await self._post(job, task)
-                break
-            except InvalidRequest as exc:
-                # An older service: at most two steps back (JSON cells, then JSON replies).
-                fallback = self._json_fallback(task, exc)
-                if fallback is None or fallback == task:
-                    raise
-                task = fallback
+        payload = await self._post(job, task)
         chunk = job.parse(task, payload)
         if job.store is not None:
             await asyncio.to_thread(job.accept, task, chunk)

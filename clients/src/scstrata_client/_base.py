@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from ._anndata import write_embeddings
 from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._protocol import _is_int, rejects_cells_npz, rejects_npz
+from ._protocol import _is_int
 from ._replicas import Replica, ReplicaSet, RunReport, parse_urls
 from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
-from .exceptions import ProtocolError, ServiceError, UnmappedGenesWarning
+from .exceptions import ProtocolError, UnmappedGenesWarning
 from .models import ModelCard
 
 if TYPE_CHECKING:
@@ -89,8 +89,9 @@ class ClientBase:
             directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             self.cache = ChunkCache(directory, cache_max_bytes)
         self._cards: list[ModelCard] | None = None
-        self._npz_ok = True  # until the service refuses the format field
-        self._cells_npz_ok = True  # until the service refuses the cells_npz field
+        # What the service offers beyond JSON (GET /info's "features"), read once, when a run
+        # would first use any of it; None until then
+        self._features: frozenset[str] | None = None
         # Replaced by tests that must not really wait: called with each retry delay.
         self._sleep: Any = None
         self._replicas: ReplicaSet  # set by each client, with its own HTTP clients
@@ -205,42 +206,49 @@ class ClientBase:
             raise TypeError(f"layer: expected one layer index (an int), got {layer!r}")
         return int(layer)
 
+    @property
+    def _npz_ok(self) -> bool:
+        return self._features is None or "npz" in self._features
+
+    def _wants_features(self, job: EmbedJob, tasks: list[ChunkTask]) -> bool:
+        """True when the service's features are unknown and this run would use one."""
+        if self._features is not None:
+            return False
+        return bool(job.extra) or any(t.format == "npz" or t.cells_npz for t in tasks)
+
+    def _learn_features(self, info: Any) -> None:
+        """Keep what ``GET /info`` says the service accepts; None (no /info: a service older
+        than it) means JSON only, as does an /info without ``features``."""
+        features = info.get("features") if isinstance(info, Mapping) else None
+        if not isinstance(features, list):
+            features = ["json"]
+        self._features = frozenset(str(f) for f in features)
+        if not self._npz_ok:
+            if self.transport_format == "npz":
+                raise ValueError(
+                    f"transport_format: {self.url} does not offer the npz transport (GET /info "
+                    "features); use 'auto' or 'json'"
+                )
+            logger.info("%s offers JSON only (GET /info); sending and receiving JSON", self.url)
+
+    def _check_features(self, job: EmbedJob) -> None:
+        if job.extra and self._features is not None and "extra_outputs" not in self._features:
+            raise ValueError(
+                f"extra_outputs: {self.url} does not offer several poolings from one pass "
+                "(GET /info features); call embed once per pooling"
+            )
+
     def _current(self, task: ChunkTask) -> ChunkTask:
-        """The task as it should go out now: JSON once the service has refused npz, JSON
-        cells once it has refused ``cells_npz``."""
-        if task.format == "npz" and self.transport_format == "auto" and not self._npz_ok:
+        """The task as the service can take it: JSON under ``auto`` when it offers no npz,
+        JSON cells when it offers no ``cells_npz``."""
+        features = self._features
+        if features is None:
+            return task
+        if task.format == "npz" and "npz" not in features:
             return task.as_json()
-        if task.cells_npz and not self._cells_npz_ok:
+        if task.cells_npz and "cells_npz" not in features:
             return task.with_json_cells()
         return task
-
-    def _json_fallback(self, task: ChunkTask, exc: ServiceError) -> ChunkTask | None:
-        """What to resend when an older service refused part of the npz transport; else None.
-
-        A service that predates ``cells_npz`` gets the cells as JSON lists (the reply format
-        stays); one that also predates the ``format`` field gets JSON both ways, under
-        ``auto`` (an explicit ``"npz"`` then fails with the service's message).
-        """
-        if task.format == "npz" and rejects_npz(exc):
-            if self.transport_format != "auto":
-                return None
-            if self._npz_ok:
-                logger.warning(
-                    "%s does not accept the npz format (%s); using JSON", self.url, exc.message
-                )
-                self._npz_ok = False
-            self._cells_npz_ok = False
-            return task.as_json()
-        if task.cells_npz and rejects_cells_npz(exc):
-            if self._cells_npz_ok:
-                logger.warning(
-                    "%s does not accept cells as cells_npz (%s); sending them as JSON",
-                    self.url,
-                    exc.message,
-                )
-                self._cells_npz_ok = False
-            return task.with_json_cells()
-        return None
 
     # -- progress ------------------------------------------------------------------------------
 

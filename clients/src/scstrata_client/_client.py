@@ -16,10 +16,10 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, Cancelled, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
+from ._source import open_rows
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -61,8 +61,9 @@ class Client(ClientBase):
         transport_format: ``"json"``, ``"npz"`` (binary replies, and the cells sent as
             binary ``cells_npz``), or ``"auto"``: npz for a chunk whose result exceeds
             200,000 floats or whose cells hold more than 100,000 non-zeros, JSON otherwise,
-            and JSON throughout if the service turns out to predate npz (JSON cells only, if
-            it predates just ``cells_npz``).
+            and JSON throughout if the service's ``GET /info`` (read once, before the first
+            binary request; a 404 means an older service, JSON only) does not list npz
+            (JSON cells only, if it does not list ``cells_npz``).
         transport: an ``httpx`` transport to send requests through, instead of the network
             (for proxies, Unix sockets, or tests).
 
@@ -156,8 +157,10 @@ class Client(ClientBase):
                 many cells there are. Rerun with the same arguments to resume: only chunks the
                 store does not hold are sent. A store written for another model card, options,
                 layers, pooling, chunk size or input raises ``StoreMismatch``.
-            counts_layer: with an AnnData, counts from ``adata.layers[counts_layer]``, not X.
-            gene_column: with an AnnData, gene names from ``adata.var[gene_column]``.
+            counts_layer: with an AnnData or a path to one, counts from
+                ``layers[counts_layer]``, not X (from a path, read a chunk at a time too).
+            gene_column: with an AnnData or a path to one, gene names from
+                ``var[gene_column]``.
             key_added: the obsm key stem for ``write_to`` (``<key_added>_layer<k>``), as
                 scanpy's ``key_added``; default ``X_<model>``.
 
@@ -166,7 +169,8 @@ class Client(ClientBase):
         A reply with a missing or extra cell or layer raises ``ProtocolError``.
         """
         self._check_out(out, write_to)
-        X, genes = select_counts(X, genes, counts_layer, gene_column)
+        X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
+        genes = None  # (the row source holds them)
         job = self._prepare(X, genes, model, layers, pooling, options, write_to)
         if out is not None:
             written = job.open_store(out)
@@ -252,9 +256,23 @@ class Client(ClientBase):
             write_to=write_to,
         )
 
+    def _read_features(self) -> None:
+        """``GET /info``, once per client: what the service accepts beyond JSON."""
+        try:
+            info = self._request("GET", "/info")
+        except InvalidRequest as exc:
+            if exc.status_code != 404:
+                raise
+            info = None  # a service older than /info
+        self._learn_features(info)
+
     def _run(self, job: EmbedJob, done_cells: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         done_cells += job.load_cache()
         tasks = job.tasks(self.transport_format, self._npz_ok)
+        if self._wants_features(job, tasks):
+            self._read_features()
+            tasks = job.tasks(self.transport_format, self._npz_ok)
+        self._check_features(job)
         bar = self._bar(job, len(tasks), done_cells)
         cancel = threading.Event()
         mark = self._replicas.start_run()
@@ -315,16 +333,7 @@ class Client(ClientBase):
         """Send one chunk; return its parsed reply, or None once written to the job's store
         (from this thread, so that the writes of chunks in flight overlap)."""
         task = self._current(task)
-        while True:
-            try:
-                payload = self._post(job, task, cancel)
-                break
-            except InvalidRequest as exc:
-                # An older service: at most two steps back (JSON cells, then JSON replies).
-                fallback = self._json_fallback(task, exc)
-                if fallback is None or fallback == task:
-                    raise
-                task = fallback
+        payload = self._post(job, task, cancel)
         chunk = job.parse(task, payload)
         if job.store is not None:
             job.accept(task, chunk)

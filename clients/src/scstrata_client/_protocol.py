@@ -9,7 +9,6 @@ from __future__ import annotations
 import binascii
 import io
 import json
-import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -328,43 +327,6 @@ def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") ->
         layers=dict(sorted(layers.items())),
         n_unmapped_genes=n_unmapped,
         unmapped_genes=unmapped,
-    )
-
-
-def rejects_npz(exc: ServiceError) -> bool:
-    """True for a 4xx that refuses the ``format`` field: a service that predates npz."""
-    if not _is_request_error(exc):
-        return False
-    message = exc.message.lower()
-    return "format" in message and ("extra" in message or "not permitted" in message)
-
-
-# "cells: required", "cells, genes: required" (the service's words when it ignored an unknown
-# cells_npz) or pydantic's "items[0].cells: Field required".
-_MISSING_CELLS = re.compile(r"(?<![\w.])(?:items\[\d+\]\.)?cells(?:, genes)?: (?:field )?required")
-_UNKNOWN_FIELD = ("extra", "not permitted", "unexpected", "unknown field")
-
-
-def rejects_cells_npz(exc: ServiceError) -> bool:
-    """True for a 4xx from a service that predates the ``cells_npz`` field.
-
-    Such a service either refuses the field as unknown (pydantic's "Extra inputs are not
-    permitted", at ``items.0.cells_npz``) or ignores it and then misses ``cells``. A newer
-    service's own complaints about a ``cells_npz`` (bad bytes, limits) say neither.
-    """
-    if not _is_request_error(exc):
-        return False
-    message = exc.message.lower()
-    if "cells_npz" in message and any(word in message for word in _UNKNOWN_FIELD):
-        return True
-    return _MISSING_CELLS.search(message) is not None
-
-
-def _is_request_error(exc: ServiceError) -> bool:
-    return (
-        isinstance(exc, InvalidRequest)
-        and not isinstance(exc, Unauthorized)
-        and exc.status_code in (400, 422)
     )
 
 

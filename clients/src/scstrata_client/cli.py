@@ -205,25 +205,15 @@ def _stream(args: argparse.Namespace, urls: str, path: Path, settings: dict[str,
     """``-o OUT.zarr``: the input read a chunk at a time, each chunk written as it arrives."""
     from ._client import Client
 
-    if args.counts_layer is not None:
-        print(
-            "scstrata embed: --counts-layer: not available with a .zarr output yet; "
-            "put the counts in X",
-            file=sys.stderr,
-        )
-        return 2
-    genes = None
-    if args.gene_column is not None:
-        genes = _gene_column(path, args.gene_column)
-        if genes is None:
-            print(
-                f"scstrata embed: --gene-column: var has no column {args.gene_column!r}",
-                file=sys.stderr,
-            )
-            return 2
     with Client(urls, **settings) as client:
         store = client.embed(
-            path, genes, model=args.model, layers=args.layers, pooling=args.pooling, out=args.out
+            path,
+            model=args.model,
+            layers=args.layers,
+            pooling=args.pooling,
+            out=args.out,
+            counts_layer=args.counts_layer,
+            gene_column=args.gene_column,
         )
     if not args.quiet:
         print(
@@ -233,22 +223,6 @@ def _stream(args: argparse.Namespace, urls: str, path: Path, settings: dict[str,
         )
         _print_replicas(client)
     return 0
-
-
-def _gene_column(path: Path, column: str) -> list[str] | None:
-    """``var[column]`` of an .h5ad or .zarr AnnData, read without its cells."""
-    import anndata as ad
-
-    if path.suffix == ".zarr" or path.is_dir():
-        import zarr
-
-        var = ad.io.read_elem(zarr.open_group(path, mode="r")["var"])
-    else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            var = ad.io.read_elem(f["var"])
-    return var[column].astype(str).tolist() if column in var.columns else None
 
 
 def _print_replicas(client: Any) -> None:

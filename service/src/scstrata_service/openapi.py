@@ -68,6 +68,7 @@ PLACEHOLDER_ITEM: dict[str, Any] = {
     "layers": [0, -1],
     "pooling": "official",
     "genes": ["TP53", "GAPDH", "ACTB"],
+    "min_known_genes": 0,  # three genes: a subset, which real requests are refused for
     "cells": {"data": [5.0, 3.0, 2.0, 4.0], "indices": [0, 1, 1, 2], "indptr": [0, 2, 4],
               "shape": [2, 3]},
 }  # fmt: skip

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from scstrata_service.workers import WORKERS_ENV, parse_workers, visible_gpus
 
+# The fewest of a model's genes a request carries by default (coverage.py): a 2,000-gene HVG
+# subset is refused, full-transcriptome data holds tens of thousands
+DEFAULT_MIN_KNOWN_GENES = 5000
+
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
@@ -49,6 +53,7 @@ class Settings:
     max_tokens_per_request: int  # SCSTRATA_MAX_REQUEST_TOKENS: expressed genes summed, per request
     max_genes_per_request: int  # SCSTRATA_MAX_GENES
     max_outputs_per_request: int  # SCSTRATA_MAX_OUTPUTS: (layers, pooling) sets per request
+    min_known_genes: int  # SCSTRATA_MIN_KNOWN_GENES: a request's default (coverage.py)
     max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size (and what uploads unpack to)
     max_queued_cells: int  # SCSTRATA_MAX_QUEUED_CELLS: admitted, unanswered cells; beyond: 503
     max_queued_tokens: int  # SCSTRATA_MAX_QUEUED_TOKENS: the same bound in tokens
@@ -83,6 +88,8 @@ class Settings:
             max_tokens_per_request=_int("SCSTRATA_MAX_REQUEST_TOKENS", 20_000_000),
             max_genes_per_request=_int("SCSTRATA_MAX_GENES", 100_000),
             max_outputs_per_request=_int("SCSTRATA_MAX_OUTPUTS", 8),
+            # a targeted or spatial panel (a few hundred genes) needs it lowered
+            min_known_genes=_int("SCSTRATA_MIN_KNOWN_GENES", DEFAULT_MIN_KNOWN_GENES),
             # 32 MiB: a 256-cell chunk (the client's default) of 5,000 expressed genes per cell
             # is ~15 MB as JSON lists, ~14 MB as cells_npz (512 MiB bodies cost 14 GiB before)
             max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 32) * 1024 * 1024,
