@@ -297,6 +297,13 @@ class ClientBase:
             disable=_tqdm_disable(self._show_progress(n_tasks)),
             unit="cell",
             unit_scale=True,
+            # Replies come in bursts (several chunks in flight finish together, after a wait as
+            # long as a chunk takes): the rate is the average since the start (smoothing=0), not
+            # a moving average of bursts, so the ETA holds; every reply is shown as it arrives
+            # (tqdm would otherwise skip redraws after a burst)
+            smoothing=0,
+            miniters=1,
+            mininterval=0,
             desc=f"{job.model} ({n_tasks} chunk{'s' if n_tasks != 1 else ''})",
         )
 

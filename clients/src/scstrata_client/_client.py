@@ -51,8 +51,10 @@ class Client(ClientBase):
             in all, longer than a service restart.
         backoff: the first retry's base delay in seconds; it doubles at each retry, with
             random jitter, and a ``Retry-After`` header lengthens it.
-        progress: show a progress bar over cells. ``None`` shows one only when stderr is a
-            terminal and more than one request is needed.
+        progress: show a progress bar over cells (``tqdm.auto``: a bar on a terminal, a
+            widget in a notebook), moved by each reply's cells as it arrives. ``None`` shows
+            one when more than one request is needed, unless stderr goes to a file or a log;
+            ``False`` prints nothing.
         cache: keep each chunk's result on disk, so that a repeated or interrupted run sends
             only what is missing. ``False`` disables it.
         cache_dir: the cache's folder (default ``$SCSTRATA_CACHE_DIR``, else
