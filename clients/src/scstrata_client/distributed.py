@@ -423,6 +423,7 @@ def _load_backend(model: str, in_process: str | None) -> Any:
     ``model``, on this worker's device (``SCSTRATA_DEVICE``, else its CUDA device, else CPU)."""
     try:
         from scstrata_service.registry import ModelSpec, Registry
+        from scstrata_service.runtime.device import apply_threads
         from scstrata_service.settings import SETTINGS
     except ImportError:
         raise RuntimeError(
@@ -432,6 +433,10 @@ def _load_backend(model: str, in_process: str | None) -> Any:
     with _LOAD_LOCK:
         key = (model, in_process)
         if key not in _BACKENDS:
+            # The service's thread setting (SCSTRATA_THREADS, else the CPUs this process may
+            # use), not the one thread Dask's nanny gives each worker: on a CPU the thread
+            # count changes the order of sums, and a store must not depend on who wrote it.
+            apply_threads()
             spec = ModelSpec.parse(f"{model}={in_process}")
             registry = Registry.load([spec], **SETTINGS.backend_settings())
             _BACKENDS[key] = registry.get(model)
