@@ -56,6 +56,7 @@ def test_the_bar_moves_by_each_replys_cells_as_it_arrives(bars, counts, gene_nam
 def test_cached_cells_count_as_done_but_not_in_the_rate(bars, counts, gene_names, tmp_path):
     fake = FakeService()
     client, _ = fake.client(chunk_size=3, progress=True, cache=True, cache_dir=tmp_path)
+    client.cache.block_rows = 3  # cache entries of 3 cells, so that chunk 0 is one of them
     with client:
         client.embed(counts[:3], gene_names, model="scfoundation", layers=0)  # chunk 0 cached
         client.embed(counts, gene_names, model="scfoundation", layers=0)

@@ -16,10 +16,10 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
+from ._source import open_rows
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -111,7 +111,8 @@ class AsyncClient(ClientBase):
     ) -> dict[int, np.ndarray] | EmbeddingStore | dict[str, Any]:
         """See :meth:`Client.embed`."""
         self._check_out(out, write_to)
-        X, genes = select_counts(X, genes, counts_layer, gene_column)
+        X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
+        genes = None  # (the row source holds them)
         fields = self._coverage_fields(min_known_genes, min_mapped_fraction)
         job = await self._prepare(
             X, genes, model, layers, pooling, options, write_to, extra_outputs, fields

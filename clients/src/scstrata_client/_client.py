@@ -16,10 +16,10 @@ import numpy as np
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, Cancelled, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._inputs import select_counts
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
 from ._retry import DEFAULT_MAX_RETRIES, RETRYABLE_ERRORS, RetryState, transport_error
+from ._source import open_rows
 from .exceptions import InvalidRequest
 from .models import ModelCard
 from .store import EmbeddingStore
@@ -162,8 +162,10 @@ class Client(ClientBase):
                 many cells there are. Rerun with the same arguments to resume: only chunks the
                 store does not hold are sent. A store written for another model card, options,
                 layers, pooling, chunk size or input raises ``StoreMismatch``.
-            counts_layer: with an AnnData, counts from ``adata.layers[counts_layer]``, not X.
-            gene_column: with an AnnData, gene names from ``adata.var[gene_column]``.
+            counts_layer: with an AnnData or a path to one, counts from
+                ``layers[counts_layer]``, not X (from a path, read a chunk at a time too).
+            gene_column: with an AnnData or a path to one, gene names from
+                ``var[gene_column]``.
             key_added: the obsm key stem for ``write_to`` (``<key_added>_layer<k>``), as
                 scanpy's ``key_added``; default ``X_<model>``.
             extra_outputs: more poolings of the same cells from the same forward pass: pooling
@@ -183,7 +185,8 @@ class Client(ClientBase):
         A reply with a missing or extra cell or layer raises ``ProtocolError``.
         """
         self._check_out(out, write_to)
-        X, genes = select_counts(X, genes, counts_layer, gene_column)
+        X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
+        genes = None  # (the row source holds them)
         fields = self._coverage_fields(min_known_genes, min_mapped_fraction)
         job = self._prepare(
             X, genes, model, layers, pooling, options, write_to, extra_outputs, fields

@@ -122,8 +122,13 @@ class EmbedJob:
     _handed_out: set[int] = field(default_factory=set, repr=False)
     store: EmbeddingStore | None = None
     """Where a streamed run writes each chunk (``out=``); None keeps the result in memory."""
-    _keys: dict[int, str] = field(default_factory=dict, repr=False)
+    _blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    """The cache's entries: row ranges of ``cache.block_rows``, whatever the chunk size."""
+    _block_keys: dict[int, str] = field(default_factory=dict, repr=False)
+    _block_needs: dict[int, list[int]] = field(default_factory=dict, repr=False)
+    """Blocks still to be cached, with the layers their replies must bring."""
     _entries: dict[int, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+    """What a block still to be cached held already (rewritten with the layers to come)."""
     _digests: dict[int, str] = field(default_factory=dict, repr=False)
     _written: set[int] = field(default_factory=set, repr=False)
     _meta_key: str | None = field(default=None, repr=False)
@@ -247,13 +252,17 @@ class EmbedJob:
         )
 
     def load_cache(self) -> int:
-        """Fill in every (chunk, layer) the cache holds, for every output; return the cells
+        """Fill in every (row, layer) the cache holds, for every output; return the cells
         needing no request."""
         for job in self.outputs:
             job._load_cache()
         return self.done_cells()
 
     def _load_cache(self) -> None:
+        """Entries are blocks of ``cache.block_rows`` rows counted from the first cell, keyed
+        by their cells' content, so a run with another ``chunk_size`` finds them all the same:
+        a chunk needs no request for a layer when every block it overlaps holds that layer.
+        """
         if self.cache is None or self.wanted is None or self.card is None or self.store:
             return
         common = {
@@ -267,15 +276,46 @@ class EmbedJob:
         if meta is not None and self.n_unmapped_genes is None:
             self.n_unmapped_genes = int(meta.get("n_unmapped_genes", 0))
             self.unmapped_genes = [str(g) for g in meta.get("unmapped_genes", [])]
-        for i, (start, stop) in enumerate(self.ranges):
-            key = result_key(self.chunk_digest(i), pooling=self.pooling, **common)
-            self._keys[i] = key
+        self._blocks = chunk_ranges(self.n_cells, self.cache.block_rows)
+        cached: dict[int, set[int]] = {k: set() for k in self.wanted}  # layer -> blocks
+        for b, (start, stop) in enumerate(self._blocks):
+            data = digest_chunk(self.source.rows(start, stop), genes_digest)
+            key = result_key(data, pooling=self.pooling, **common)
             entry = self.cache.get(key, stop - start, self.dim) or {}
             for k in self.wanted:
                 if k in entry:
-                    self._place(i, k, entry[k])
-            if self.missing(i) and entry:
-                self._entries[i] = entry  # rewritten with the layers still to come
+                    self._output(k, entry[k].shape[1])[start:stop] = entry[k]
+                    cached[k].add(b)
+            needs = [k for k in self.wanted if k not in entry]
+            if needs:
+                self._block_keys[b], self._block_needs[b] = key, needs
+                if entry:
+                    self._entries[b] = entry
+        for i, (start, stop) in enumerate(self.ranges):
+            for k in self.wanted:
+                if cached[k].issuperset(self._blocks_of(start, stop)):
+                    self._have.setdefault(k, set()).add(i)
+
+    def _blocks_of(self, start: int, stop: int) -> range:
+        """The cache blocks that rows ``start:stop`` overlap."""
+        rows = self.cache.block_rows if self.cache is not None else 1
+        return range(start // rows, (stop - 1) // rows + 1)
+
+    def _cache_blocks(self, i: int) -> None:
+        """Write every block that chunk ``i``'s reply completed (all the layers it needed)."""
+        assert self.cache is not None
+        start, stop = self.ranges[i]
+        for b in self._blocks_of(start, stop):
+            needs = self._block_needs.get(b)
+            if needs is None:
+                continue
+            first, last = self._blocks[b]
+            size = self.ranges[0][1]  # the chunk size
+            chunks = range(first // size, (last - 1) // size + 1)  # those the block overlaps
+            if all(self._have.get(k, set()).issuperset(chunks) for k in needs):
+                layers = {k: self._out[k][first:last] for k in needs}
+                self.cache.put(self._block_keys.pop(b), {**self._entries.pop(b, {}), **layers})
+                del self._block_needs[b]
 
     # -- streaming to a store ------------------------------------------------------------------
 
@@ -506,9 +546,8 @@ class EmbedJob:
         else:
             for k, array in layers.items():
                 self._place(i, k, array)
-        key = self._keys.get(i)
-        if self.cache is not None and key is not None:
-            self.cache.put(key, {**self._entries.pop(i, {}), **layers})
+        if self._block_needs:
+            self._cache_blocks(i)
         if self.n_unmapped_genes is None:
             # Every chunk sends the same genes, so the first reply's report holds for all.
             self.n_unmapped_genes = chunk.n_unmapped_genes
@@ -524,10 +563,8 @@ class EmbedJob:
         start, stop = self.ranges[i]
         if k in self._handed_out:
             raise ProtocolError(f"chunk {i}: layer {k} arrived after it was complete")
-        out = self._out.get(k)
-        if out is None:
-            out = self._out[k] = np.empty((self.n_cells, array.shape[1]), dtype=np.float32)
-        elif array.shape[1] != out.shape[1]:
+        out = self._output(k, array.shape[1])
+        if array.shape[1] != out.shape[1]:
             raise ProtocolError(
                 f"chunk {i}, layer {k}: dim {array.shape[1]} differs from earlier chunks "
                 f"({out.shape[1]})"
@@ -537,6 +574,13 @@ class EmbedJob:
             raise ProtocolError(f"chunk {i}: layer {k} arrived twice")
         out[start:stop] = array
         have.add(i)
+
+    def _output(self, k: int, dim: int) -> np.ndarray:
+        """Layer ``k``'s result array (all cells), allocated when its first rows come."""
+        out = self._out.get(k)
+        if out is None:
+            out = self._out[k] = np.empty((self.n_cells, dim), dtype=np.float32)
+        return out
 
     # -- results -------------------------------------------------------------------------------
 

@@ -237,24 +237,14 @@ def _stream(
     """``-o OUT.zarr``: the input read a chunk at a time, each chunk written as it arrives."""
     from ._client import Client
 
-    if args.counts_layer is not None:
-        print(
-            "scstrata embed: --counts-layer: not available with a .zarr output yet; "
-            "put the counts in X",
-            file=sys.stderr,
-        )
-        return 2
-    genes = None
-    if args.gene_column is not None:
-        genes = _gene_column(path, args.gene_column)
-        if genes is None:
-            print(
-                f"scstrata embed: --gene-column: var has no column {args.gene_column!r}",
-                file=sys.stderr,
-            )
-            return 2
     with Client(urls, **settings) as client:
-        result = client.embed(path, genes, out=args.out, **wanted)
+        result = client.embed(
+            path,
+            out=args.out,
+            counts_layer=args.counts_layer,
+            gene_column=args.gene_column,
+            **wanted,
+        )
     if not args.quiet:
         stores = result.values() if args.extra_pooling else [result]
         for store in stores:
@@ -265,22 +255,6 @@ def _stream(
             )
         _print_replicas(client)
     return 0
-
-
-def _gene_column(path: Path, column: str) -> list[str] | None:
-    """``var[column]`` of an .h5ad or .zarr AnnData, read without its cells."""
-    import anndata as ad
-
-    if path.suffix == ".zarr" or path.is_dir():
-        import zarr
-
-        var = ad.io.read_elem(zarr.open_group(path, mode="r")["var"])
-    else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            var = ad.io.read_elem(f["var"])
-    return var[column].astype(str).tolist() if column in var.columns else None
 
 
 def _print_replicas(client: Any) -> None:
