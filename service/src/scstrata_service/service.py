@@ -85,11 +85,12 @@ async def info(request: Request) -> JSONResponse:
 
 
 async def api_document(request: Request) -> JSONResponse:
-    item = None
+    item = models = None
     if is_loaded():
         backend = next(iter(active().backends.values()))
         item = openapi.example_item(backend.card, backend.known_genes())
-    return JSONResponse(openapi.document(item))
+        models = list(active().backends)
+    return JSONResponse(openapi.document(item, models))
 
 
 async def api_page(request: Request) -> HTMLResponse:
