@@ -1,7 +1,8 @@
 """A fake scstrata service for httpx.MockTransport: answers like docs/api.md, fails on demand.
 
-Row i of layer k in every reply is ``[sum of cell i's counts, k, 0, ...]``, so a test can tell
-whether every cell came back once, in order, under the right layer.
+Row i of layer k in every reply is ``[sum of cell i's counts, k, p, 0, ...]`` (p: the pooling's
+place in ``dims``, 0 for "official"), so a test can tell whether every cell came back once, in
+order, under the right layer and pooling.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class FakeService:
     ``supports_cells_npz`` says otherwise); ``supports_cells_npz=False`` one that predates the
     ``cells_npz`` field, which it refuses as an extra input (``unknown_fields="forbid"``, as
     the real service does) or ignores and then misses ``cells`` (``"ignore"``). ``token``
-    makes it demand that bearer token.
+    makes it demand that bearer token. ``GET /info`` lists the features it has; ``info=False``
+    answers it 404, as a service older than /info does.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class FakeService:
         delay: float = 0.0,
         checkpoint_digest: str = "sha256:00",
         record: bool = True,
+        info: bool = True,
     ):
         self.n_layers = n_layers
         self.dims = dims or {"official": 3, "S": 3}
@@ -107,6 +110,7 @@ class FakeService:
         self.token = token
         self.delay = delay
         self.checkpoint_digest = checkpoint_digest
+        self.info = info
         self.calls: list[httpx.Request] = []
         self.record = record
         """False: count calls (``n_calls``) without keeping each request and its body."""
@@ -131,6 +135,10 @@ class FakeService:
             "demo_weights": True,
             "options": {"pre_normalized": "..."},
         }
+
+    @property
+    def info_calls(self) -> int:
+        return sum(r.url.path == "/info" for r in self.calls)
 
     @property
     def embed_bodies(self) -> list[dict[str, Any]]:
@@ -166,6 +174,13 @@ class FakeService:
             return httpx.Response(401, json={"error": "missing or invalid bearer token"})
         if request.url.path == "/models":
             return httpx.Response(200, json=[self.card()])
+        if request.url.path == "/info":
+            if not self.info:
+                return httpx.Response(404, text="Not Found")
+            features = ["json", "extra_outputs"]
+            features += ["npz", "raw_npz_reply"] if self.supports_npz else []
+            features += ["cells_npz"] if self.supports_cells_npz else []
+            return httpx.Response(200, json={"service": "scstrata", "features": features})
         if request.url.path in ("/readyz", "/livez"):
             return httpx.Response(200, json={"status": "ok"})
         items = json.loads(request.content)["items"]
@@ -206,19 +221,24 @@ class FakeService:
         ]
         return httpx.Response(400, json={"error": "invalid request", "detail": detail})
 
-    def _layers(self, item: dict[str, Any]) -> dict[int, np.ndarray]:
+    def _layers(self, item: dict[str, Any], spec: dict[str, Any] | None = None) -> dict:
+        """Layer -> rows of the item's own output, or of one of its extra outputs (``spec``)."""
+        spec = spec or item
         matrix = item_matrix(item)
-        dim = self.dims[item["pooling"]]
+        dim = self.dims[spec["pooling"]]
         rows = np.zeros((matrix.shape[0], dim), dtype=np.float32)
         rows[:, 0] = np.asarray(matrix.sum(axis=1)).ravel()
+        rows[:, 2] = list(self.dims).index(spec["pooling"])
         out = {}
-        for k in resolve(item["layers"], self.n_layers):
+        for k in resolve(spec.get("layers", "all"), self.n_layers):
             rows[:, 1] = k
             out[k] = rows.copy()
         return out
 
     def _arrays(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = {f"layer_{k}": a for k, a in self._layers(item).items()}
+        for i, spec in enumerate(item.get("extra_outputs", [])):
+            arrays.update({f"extra{i}_layer_{k}": a for k, a in self._layers(item, spec).items()})
         arrays["unmapped_genes"] = np.array(["FOO"])
         arrays["n_unmapped_genes"] = np.array(1, dtype=np.int64)
         return arrays
@@ -237,6 +257,14 @@ class FakeService:
             result["npz"] = base64.b64encode(npz_bytes(self._arrays(item))).decode()
         else:
             result["layers"] = {str(k): a.tolist() for k, a in layers.items()}
+            result["extra_outputs"] = [
+                {
+                    "pooling": spec["pooling"],
+                    "dim": self.dims[spec["pooling"]],
+                    "layers": {str(k): a.tolist() for k, a in self._layers(item, spec).items()},
+                }
+                for spec in item.get("extra_outputs", [])
+            ]
         return result
 
     def client(self, **kwargs: Any) -> tuple[Client, list[float]]:

@@ -1,5 +1,6 @@
 """``transport_format="auto"`` picks npz for a chunk with a large request (many non-zeros) even
-when its reply is small or of unknown size, and still keeps JSON for an older service."""
+when its reply is small or of unknown size, and keeps to JSON for a service whose ``GET /info``
+does not list npz."""
 
 from __future__ import annotations
 
@@ -138,13 +139,14 @@ def test_auto_with_many_non_zeros_against_a_service_without_npz(caplog):
     cells, genes = _dense_cells(3 * 60, 2_000, seed=2)  # 120,000 non-zeros a chunk
     fake = FakeService(supports_npz=False)
     client, sleeps = fake.client(chunk_size=60, max_concurrency=1)
-    with client, caplog.at_level("WARNING", logger="scstrata_client"):
+    with client, caplog.at_level("INFO", logger="scstrata_client"):
         result = client.embed(cells, genes, model="scfoundation", layers=[0, 1])
         again = client.embed(cells[:60], genes, model="scfoundation", layers=1)
-    # Refused once with npz + cells_npz, resent as JSON both ways; JSON for good after that.
-    assert _sent(fake.calls) == [(True, "npz", True)] + [(False, None, False)] * 4
+    # /info, read once, lists no npz: JSON both ways from the first request on
+    assert _sent(fake.calls) == [(False, None, False)] * 4
+    assert fake.info_calls == 1
     assert sleeps == []
-    assert sum("does not accept the npz format" in r.message for r in caplog.records) == 1
+    assert sum("offers JSON only" in r.message for r in caplog.records) == 1
     for k in (0, 1):
         np.testing.assert_allclose(result[k][:, 0], np.asarray(cells.sum(axis=1)).ravel())
         assert (result[k][:, 1] == k).all()
@@ -157,8 +159,8 @@ def test_auto_with_many_non_zeros_against_a_service_without_cells_npz():
     client, _ = fake.client(chunk_size=60, max_concurrency=1)
     with client:
         result = client.embed(cells, genes, model="scfoundation", layers=0)
-    # The npz reply stays; only the cells go back to JSON lists.
-    assert _sent(fake.calls) == [(True, "npz", True)] + [(False, "npz", True)] * 2
+    # The npz reply stays; only the cells go as JSON lists.
+    assert _sent(fake.calls) == [(False, "npz", True)] * 2
     np.testing.assert_allclose(result[0][:, 0], np.asarray(cells.sum(axis=1)).ravel())
 
 
@@ -172,8 +174,17 @@ def test_async_auto_with_many_non_zeros_against_a_service_without_npz():
             return await client.embed(cells, genes, model="scfoundation", layers=2)
 
     result = asyncio.run(main())
-    assert _sent(fake.calls) == [(True, "npz", True)] + [(False, None, False)] * 2
+    assert _sent(fake.calls) == [(False, None, False)] * 2
     np.testing.assert_allclose(result[2][:, 0], np.asarray(cells.sum(axis=1)).ravel())
+
+
+def test_small_json_runs_never_ask_for_info(counts, gene_names):
+    # Nothing beyond JSON to use: no /info request (and none of its latency).
+    fake = FakeService()
+    client, _ = fake.client(chunk_size=4)
+    with client:
+        client.embed(counts, gene_names, model="scfoundation", layers=0)
+    assert fake.info_calls == 0 and len(fake.embed_bodies) == 2
 
 
 # -- against the real service -------------------------------------------------------------------
@@ -190,6 +201,9 @@ def test_auto_sends_cells_npz_to_the_service_for_a_large_request(service_url, vo
     with Client(service_url, chunk_size=200, cache=False, transport_format="json") as client:
         plain = client.embed(counts, genes, model="scf", layers=-1, pooling="S")
     assert _sent(transport.requests) == [(True, "npz", True)]
+    # the service's features, from its /info: read once, before the first npz request
+    paths = [r.url.path for r in transport.requests]
+    assert paths == ["/models", "/info", "/embed"]
     assert transport.reply_kinds[0][0].startswith(NPZ)
     (body,) = [json.loads(r.content)["items"][0] for r in transport.embed_requests]
     assert (item_matrix(body) != sp.csr_matrix(counts, dtype=np.float32)).nnz == 0

@@ -1,5 +1,6 @@
 """The client sends cells as binary ``cells_npz`` with the npz transport, gets the same numbers
-as with JSON ``cells``, keeps its cache keys, and falls back to JSON cells for an older service."""
+as with JSON ``cells``, keeps its cache keys, and sends JSON cells to a service whose
+``GET /info`` does not list ``cells_npz``."""
 
 from __future__ import annotations
 
@@ -15,12 +16,7 @@ import scipy.sparse as sp
 from client_fakes import FakeService, RecordingTransport, item_matrix, plan_job
 
 from scstrata_client import AsyncClient, Client, InvalidRequest
-from scstrata_client._protocol import (
-    build_item,
-    decode_reply,
-    rejects_cells_npz,
-    rejects_npz,
-)
+from scstrata_client._protocol import build_item
 
 from helpers import make_cells
 
@@ -160,21 +156,18 @@ def test_the_cache_key_does_not_depend_on_the_transport(service_url, vocabulary,
 # -- an older service --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("unknown_fields", ["forbid", "ignore"])
-def test_a_service_without_cells_npz_gets_json_cells_and_keeps_npz_replies(
-    counts, gene_names, caplog, unknown_fields
-):
-    fake = FakeService(supports_cells_npz=False, unknown_fields=unknown_fields)
+def test_a_service_without_cells_npz_gets_json_cells_and_keeps_npz_replies(counts, gene_names):
+    fake = FakeService(supports_cells_npz=False)
     client, sleeps = fake.client(transport_format="npz", chunk_size=3, max_concurrency=1)
-    with client, caplog.at_level("WARNING", logger="scstrata_client"):
+    with client:
         result = client.embed(counts, gene_names, model="scfoundation", layers=[0, 5])
         again = client.embed(counts[:2], gene_names, model="scfoundation", layers=0)
     bodies = fake.embed_bodies
     sent = [("cells_npz" in b["items"][0], b["items"][0].get("format")) for b in bodies]
-    # chunk 0: refused with cells_npz, resent with JSON cells; then JSON cells for good.
-    assert sent == [(True, "npz")] + [(False, "npz")] * 4
+    # /info lists npz but not cells_npz: JSON cells from the first request on, npz replies
+    assert sent == [(False, "npz")] * 4
+    assert fake.info_calls == 1  # read once per client
     assert sleeps == []
-    assert sum("does not accept cells as cells_npz" in r.message for r in caplog.records) == 1
     reference, _ = FakeService().client(transport_format="json", chunk_size=3)
     with reference:
         want = reference.embed(counts, gene_names, model="scfoundation", layers=[0, 5])
@@ -184,22 +177,34 @@ def test_a_service_without_cells_npz_gets_json_cells_and_keeps_npz_replies(
     assert again[0].shape == (2, 3)
 
 
-def test_auto_against_a_service_without_npz_falls_back_to_json_both_ways(counts, gene_names):
+def test_auto_against_a_service_without_npz_sends_json_both_ways(counts, gene_names):
     fake = FakeService(dims={"official": 100_000}, supports_npz=False)
     client, _ = fake.client(chunk_size=4, max_concurrency=1)
     with client:
         result = client.embed(counts, gene_names, model="scfoundation", layers=0)
     items = [b["items"][0] for b in fake.embed_bodies]
-    assert [("cells_npz" in i, i.get("format")) for i in items] == [
-        (True, "npz"),
-        (False, None),
-        (False, None),
-    ]
-    assert all("cells" in i for i in items[1:])
+    assert [("cells_npz" in i, i.get("format")) for i in items] == [(False, None)] * 2
+    assert all("cells" in i for i in items)
     np.testing.assert_allclose(result[0][:, 0], counts.sum(axis=1))
 
 
-def test_async_client_falls_back_to_json_cells(counts, gene_names):
+@pytest.mark.parametrize("transport_format", ["auto", "npz"])
+def test_a_service_without_info_gets_json(counts, gene_names, transport_format):
+    # An /info answered 404: a service older than it, assumed to take JSON only.
+    fake = FakeService(dims={"official": 100_000}, info=False)
+    client, _ = fake.client(chunk_size=4, transport_format=transport_format)
+    with client:
+        if transport_format == "npz":
+            with pytest.raises(ValueError, match="does not offer the npz transport"):
+                client.embed(counts, gene_names, model="scfoundation", layers=0)
+            return
+        result = client.embed(counts, gene_names, model="scfoundation", layers=0)
+    items = [b["items"][0] for b in fake.embed_bodies]
+    assert [("cells" in i, i.get("format")) for i in items] == [(True, None)] * 2
+    np.testing.assert_allclose(result[0][:, 0], counts.sum(axis=1))
+
+
+def test_async_client_sends_json_cells_to_a_service_without_cells_npz(counts, gene_names):
     fake = FakeService(supports_cells_npz=False)
     client, _ = fake.async_client(transport_format="npz", chunk_size=4, max_concurrency=1)
 
@@ -209,7 +214,8 @@ def test_async_client_falls_back_to_json_cells(counts, gene_names):
 
     result = asyncio.run(main())
     items = [b["items"][0] for b in fake.embed_bodies]
-    assert ["cells_npz" in i for i in items] == [True, False, False]
+    assert ["cells_npz" in i for i in items] == [False, False]
+    assert fake.info_calls == 1
     np.testing.assert_allclose(result[1][:, 0], counts.sum(axis=1))
 
 
@@ -227,59 +233,8 @@ def test_a_real_complaint_about_cells_npz_is_raised_not_retried(counts, gene_nam
             ],
         },
     )
-    fake = FakeService(failures={1: complaint})
+    fake = FakeService(failures={2: complaint})  # calls 0 and 1: /models and /info
     client, _ = fake.client(transport_format="npz", chunk_size=7)
     with client, pytest.raises(InvalidRequest, match=r"cells_npz\.data: negative values"):
         client.embed(counts, gene_names, model="scfoundation", layers=0)
     assert len(fake.embed_bodies) == 1
-
-
-def _invalid(body: dict, status: int = 400) -> InvalidRequest:
-    response = httpx.Response(status, json=body, request=httpx.Request("POST", "http://s/embed"))
-    with pytest.raises(InvalidRequest) as info:
-        decode_reply(response)
-    return info.value
-
-
-# The body the service answered before cells_npz existed (recorded from it).
-OLD_SERVICE_REPLY = {
-    "error": "1 validation error for Input",
-    "detail": [
-        {
-            "type": "extra_forbidden",
-            "loc": ["items", 0, "cells_npz"],
-            "msg": "Extra inputs are not permitted",
-            "url": "https://errors.pydantic.dev/2.14/v/extra_forbidden",
-        }
-    ],
-}
-
-
-def test_rejects_cells_npz_recognises_older_services_only(tiny_checkpoint):
-    old = _invalid(OLD_SERVICE_REPLY)
-    assert rejects_cells_npz(old) and not rejects_npz(old)
-    missing = _invalid(
-        {"error": "e", "detail": [{"loc": ["items", 0], "msg": "cells: required (or ...)"}]}
-    )
-    assert rejects_cells_npz(missing)
-    pydantic_missing = _invalid(
-        {"error": "e", "detail": [{"loc": ["items", 0, "cells"], "msg": "Field required"}]}
-    )
-    assert rejects_cells_npz(pydantic_missing)
-    assert not rejects_cells_npz(_invalid({"error": "genes: required (or ...)"}))
-    assert not rejects_cells_npz(_invalid(OLD_SERVICE_REPLY, status=413))
-
-    # None of this service's own complaints about a cells_npz reads as "unknown field".
-    from scstrata_service.contract import InputError
-    from scstrata_service.uploads import NpzCells
-
-    buffer = io.BytesIO()
-    np.savez(buffer, data=np.array(["x"]), indices=np.zeros(1, np.int32))
-    uploads = ["%%%", b"junk", buffer.getvalue()]
-    for upload in [u if isinstance(u, str) else base64.b64encode(u).decode() for u in uploads]:
-        with pytest.raises(InputError) as info:
-            NpzCells(upload, 1 << 20).read()
-        message = f"items[0]: {info.value}"
-        refusal = _invalid({"error": "1 validation error", "detail": [{"msg": message}]})
-        assert "cells_npz" in message
-        assert not rejects_cells_npz(refusal) and not rejects_npz(refusal), message

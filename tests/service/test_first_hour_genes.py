@@ -2,16 +2,25 @@
 
 The reply reports the share of the request's gene names and of each cell's counts that
 reached the model; below ``min_mapped_fraction`` of the counts (default 0.5) the request is
-refused with a 400 naming the likely cause and the fix.
+refused with a 400 naming the likely cause and the fix. A gene subset (HVGs) has all of its
+counts on known genes; it is refused for carrying fewer than ``min_known_genes`` of the model's
+genes (the server's default 5,000; the tests' servers take any subset: conftest.py).
 """
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
-from scstrata_service.coverage import DEFAULT_MIN_MAPPED_FRACTION, measure
+from scstrata_service.admission import admit
+from scstrata_service.coverage import DEFAULT_MIN_MAPPED_FRACTION, genes_required, measure
+from scstrata_service.registry import Registry
+from scstrata_service.schemas import Refused
+from scstrata_service.settings import DEFAULT_MIN_KNOWN_GENES, Settings
 
 from helpers import embed_item, make_cells
 
@@ -78,3 +87,50 @@ def test_measure_counts_only_known_columns():
     assert reached.gene_fraction == 2 / 3
     np.testing.assert_allclose(reached.cell_count_fractions, [0.25, 1.0, 1.0])
     assert reached.count_fraction == 5 / 8
+
+
+# -- a gene subset (HVGs): every gene known, every count on them, yet a fraction of the cell --
+
+
+def _hvg_body(vocabulary, n_genes: int, **fields) -> bytes:
+    counts, genes = known_cells(vocabulary, n_cells=2, n_genes=n_genes, seed=8)
+    return json.dumps({"items": [embed_item(counts, genes, layers=[-1], **fields)]}).encode()
+
+
+def test_the_server_default_is_5000_known_genes(monkeypatch):
+    monkeypatch.delenv("SCSTRATA_MIN_KNOWN_GENES", raising=False)
+    assert Settings.from_env().min_known_genes == DEFAULT_MIN_KNOWN_GENES == 5000
+
+
+def test_an_hvg_subset_is_refused_by_default_naming_the_fix(monkeypatch, tiny_backend, vocabulary):
+    monkeypatch.delenv("SCSTRATA_MIN_KNOWN_GENES", raising=False)
+    settings = Settings.from_env()  # the default, not the tests' servers' 0
+    body = _hvg_body(vocabulary, 2000)
+    with pytest.raises(Refused) as refused:
+        admit(body, Registry({"scf": tiny_backend}), False, settings)
+    assert refused.value.status == 400
+    message = refused.value.message
+    assert message.startswith("genes: the request carries 2000 of its 19264 genes model 'scf'")
+    assert "highly variable genes" in message and "adata.raw" in message
+    assert "min_known_genes" in message and "lower" in message
+    assert refused.value.loc == ("items", 0)
+
+
+def test_half_of_a_small_panel_is_enough():
+    assert genes_required(5000, 600) == 300  # a model that knows 600 genes
+    assert genes_required(5000, 19264) == 5000
+    assert genes_required(0, 19264) == 0
+
+
+def test_the_request_option_sets_the_minimum(service_url, vocabulary):
+    counts, genes = known_cells(vocabulary, n_cells=2, n_genes=300, seed=9)
+    refused = _post(service_url, embed_item(counts, genes, layers=[-1], min_known_genes=301))
+    assert refused.status_code == 400, refused.text
+    assert "fewer than the 301 required (min_known_genes)" in refused.json()["error"]
+    taken = _post(service_url, embed_item(counts, genes, layers=[-1], min_known_genes=300))
+    assert taken.status_code == 200, taken.text
+
+
+def test_a_name_mapped_twice_counts_once():
+    counts = sp.csr_matrix(np.ones((1, 3)))
+    assert measure(counts, np.array([4, 4, -1])).n_known_genes == 1

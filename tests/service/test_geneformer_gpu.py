@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
-from scstrata_service.families import geneformer
 from scstrata_service.families.geneformer.fabricate import fabricate_checkpoint
 
-from helpers import GPU_KERNEL_IDS, GPU_KERNELS
+from helpers import GPU_KERNEL_IDS, GPU_KERNELS, assert_bf16_close, cpu_and_gpu, sparse_counts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: not run")
 
@@ -22,19 +20,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.mark.parametrize(("attention", "compiled"), GPU_KERNELS, ids=GPU_KERNEL_IDS)
 def test_bf16_packed_cuda_path_matches_fp32_cpu(tmp_path, attention, compiled):
     folder = fabricate_checkpoint(tmp_path, version="V2", hidden=64, n_layers=3, n_genes=2000)
-    cpu = geneformer.load("gf", folder, device="cpu")
-    gpu = geneformer.load("gf", folder, attention=attention, compile_blocks=compiled)
-    assert gpu.device.type == "cuda" and gpu.policy.compute_dtype == torch.bfloat16
+    cpu, gpu = cpu_and_gpu("geneformer", folder, attention, compiled)
     rng = np.random.default_rng(8)
     genes = list(cpu.tokenizer.genes)
-    dense = rng.poisson(1.0, (24, len(genes))) * (rng.random((24, len(genes))) < 0.4)
-    dense[:, 0] += 1
-    tokens = cpu.tokenize(sp.csr_matrix(dense.astype(np.float64)), genes, {})
+    counts = sparse_counts(rng, 24, len(genes), rate=1.0, density=0.4)
+    tokens = cpu.tokenize(counts, genes, {})
     want = cpu.embed(tokens, [0, 1, 3], ["official", "cls"])
     got = gpu.embed(tokens, [0, 1, 3], ["official", "cls"])
-    for pooling in ("official", "cls"):
-        for k in (0, 1, 3):
-            a, b = got[pooling][k], want[pooling][k]
-            relative = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
-            cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-            assert relative.max() < 0.03 and cosine.min() > 0.999, (pooling, k, relative.max())
+    assert_bf16_close(got, want, ("official", "cls"), (0, 1, 3))

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from scstrata_service.contract import InputError
@@ -17,6 +16,8 @@ from scstrata_service.families.scgpt.checkpoint import (
     load_checkpoint,
 )
 from scstrata_service.families.scgpt.fabricate import fabricate_checkpoint
+
+from helpers import COMMON_INPUT_ERRORS, common_input_error, poisson_counts
 
 LAYER0 = "transformer_encoder.layers.0"
 
@@ -29,13 +30,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(folder):
     return scgpt.load("sg", folder)
-
-
-def cells(n_cells=3, n_genes=40, seed=0):
-    rng = np.random.default_rng(seed)
-    dense = rng.poisson(2.0, (n_cells, n_genes)).astype(np.float64)
-    dense[:, 0] += 1
-    return sp.csr_matrix(dense)
 
 
 def test_the_card_describes_the_checkpoint(backend):
@@ -73,10 +67,10 @@ def test_missing_special_tokens_are_appended_as_upstream(tmp_path, folder, backe
     (other / "vocab.json").write_text(json.dumps(vocab))
     assert load_checkpoint(other).vocabulary["<eoc>"] == 502
     genes = backend.known_genes()[:40]
-    a = backend.embed(backend.tokenize(cells(), genes, {}), [3], ["cls"])["cls"][3]
+    a = backend.embed(backend.tokenize(poisson_counts(), genes, {}), [3], ["cls"])["cls"][3]
     b = scgpt.load("sg", other)
     np.testing.assert_array_equal(
-        a, b.embed(b.tokenize(cells(), genes, {}), [3], ["cls"])["cls"][3]
+        a, b.embed(b.tokenize(poisson_counts(), genes, {}), [3], ["cls"])["cls"][3]
     )
 
 
@@ -151,7 +145,7 @@ def test_a_wrong_release_is_refused_naming_the_file_and_tensor(tmp_path, damage)
 
 def test_gene_symbols_match_exactly_and_unknown_ones_are_reported(backend):
     genes = backend.known_genes()[:40]
-    counts = cells()
+    counts = poisson_counts()
     lowered = [genes[0].lower()] + genes[1:]
     tokens = backend.tokenize(counts, lowered + ["NOT_A_GENE"], {})
     assert tokens.unmapped_genes == [genes[0].lower(), "NOT_A_GENE"]
@@ -160,29 +154,16 @@ def test_gene_symbols_match_exactly_and_unknown_ones_are_reported(backend):
 
 
 @pytest.mark.parametrize(
-    "case, field",
-    [
-        ("ensembl", "genes"),
-        ("empty cell", "cells"),
-        ("bad ties", "options.ties"),
-        ("unknown option", "options.top_k"),
-        ("max_length too small", "options.max_length"),
-    ],
+    "case, field", [("ensembl", "genes"), ("bad ties", "options.ties"), *COMMON_INPUT_ERRORS]
 )
 def test_input_errors_name_the_field(backend, case, field):
-    genes, counts, options = backend.known_genes()[:40], cells(), {}
+    genes, counts, options = backend.known_genes()[:40], poisson_counts(), {}
     if case == "ensembl":
         genes = [f"ENSG{i:011d}" for i in range(len(genes))]
-    elif case == "empty cell":
-        counts = counts.tolil()
-        counts[1, :] = 0
-        counts = counts.tocsr()
     elif case == "bad ties":
         options = {"ties": "first"}
-    elif case == "unknown option":
-        options = {"top_k": 5}
-    elif case == "max_length too small":
-        options = {"max_length": 1}
+    else:
+        counts, options = common_input_error(case, counts)
     with pytest.raises(InputError) as err:
         backend.check_input(counts, genes, options)
     assert str(err.value).startswith(field), str(err.value)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import scipy.sparse as sp
 
 from scstrata_service.cli import main as cli_main
 from scstrata_service.families import load
 from scstrata_service.launcher import running_service
 
-from helpers import embed_item
-
-TOL = dict(rtol=1e-5, atol=1e-5)
+from helpers import assert_served_like_in_process, embed_item, sparse_counts
 
 
 def test_the_cli_fabricates_a_release_the_server_embeds_like_in_process(tmp_path, capsys):
@@ -25,26 +22,13 @@ def test_the_cli_fabricates_a_release_the_server_embeds_like_in_process(tmp_path
     local = load("scgpt", "sg", folder)
     rng = np.random.default_rng(21)
     genes = list(rng.choice(local.known_genes(), 120, replace=False)) + ["NOT_A_GENE"]
-    dense = rng.poisson(1.5, (7, len(genes))) * (rng.random((7, len(genes))) < 0.3)
-    dense[:, 0] += 1
-    counts = sp.csr_matrix(dense.astype(np.float64))
+    counts = sparse_counts(rng, 7, len(genes), rate=1.5, density=0.3)
     with running_service([f"sg=scgpt:{folder}"]) as url:
         (card,) = httpx.get(f"{url}/models", timeout=10).json()
         assert card["family"] == "scgpt" and card["n_layers"] == 3
         assert card["gene_id_kind"] == "symbol" and card["demo_weights"] is True
-        for pooling, options in (("official", {}), ("mean", {"ties": "middle"})):
-            item = embed_item(
-                counts, genes, model="sg", layers="all", pooling=pooling, options=options
-            )
-            reply = httpx.post(f"{url}/embed", json={"items": [item]}, timeout=120)
-            assert reply.status_code == 200, reply.text
-            (result,) = reply.json()
-            assert result["unmapped_genes"] == ["NOT_A_GENE"]
-            expected = local.embed(local.tokenize(counts, genes, options), range(4), [pooling])
-            for k in range(4):
-                np.testing.assert_allclose(
-                    np.array(result["layers"][str(k)]), expected[pooling][k], **TOL
-                )
+        cases = (("official", {}), ("mean", {"ties": "middle"}))
+        assert_served_like_in_process(url, local, "sg", counts, genes, cases, ["NOT_A_GENE"])
         ensembl = embed_item(counts, [f"ENSG{i:011d}" for i in range(len(genes))], model="sg")
         reply = httpx.post(f"{url}/embed", json={"items": [ensembl]}, timeout=30)
         assert 400 <= reply.status_code < 500 and "look like Ensembl ids" in reply.text

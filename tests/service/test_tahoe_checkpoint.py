@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -19,6 +18,8 @@ from scstrata_service.families.tahoe.checkpoint import (
     load_checkpoint,
 )
 from scstrata_service.families.tahoe.fabricate import fabricate_checkpoint
+
+from helpers import COMMON_INPUT_ERRORS, common_input_error, poisson_counts
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,6 @@ def backend(folder):
 def genes_of(folder, n=40):
     vocab = json.loads((folder / "vocab.json").read_text())
     return [g for g in vocab if not g.startswith("<")][:n]
-
-
-def cells(n_cells=3, n_genes=40, seed=0):
-    rng = np.random.default_rng(seed)
-    dense = rng.poisson(2.0, (n_cells, n_genes)).astype(np.float64)
-    dense[:, 0] += 1
-    return sp.csr_matrix(dense)
 
 
 def test_the_card_describes_the_checkpoint(backend):
@@ -68,7 +62,7 @@ def test_decoder_flag_and_chemical_weights_are_ignored(tmp_path):
 def test_a_composer_checkpoint_gives_the_same_numbers_as_safetensors(tmp_path, folder):
     composer = fabricate_checkpoint(tmp_path, weights_format="composer")  # same seed, same weights
     assert (composer / "best-model.pt").is_file() and not (composer / "model.safetensors").exists()
-    counts, genes = cells(), genes_of(folder)
+    counts, genes = poisson_counts(), genes_of(folder)
     out = []
     for path in (folder, composer / "best-model.pt"):
         b = tahoe.load("tx", path)
@@ -132,7 +126,7 @@ def test_a_wrong_layout_is_refused_with_a_clear_error(tmp_path, damage, message)
 def test_versioned_ensembl_ids_map_and_unknown_genes_are_reported(backend, folder):
     genes = genes_of(folder)
     versioned = [f"{g}.12" for g in genes[:20]] + genes[20:38] + ["ENSG00000000000", "GAPDH"]
-    counts = cells()
+    counts = poisson_counts()
     plain = backend.tokenize(counts, genes, {})
     mixed = backend.tokenize(counts, versioned, {})
     np.testing.assert_array_equal(
@@ -144,28 +138,16 @@ def test_versioned_ensembl_ids_map_and_unknown_genes_are_reported(backend, folde
 
 @pytest.mark.parametrize(
     "case, field",
-    [
-        ("symbols", "genes"),
-        ("empty cell", "cells"),
-        ("bad subsample", "options.subsample"),
-        ("unknown option", "options.top_k"),
-        ("max_length too small", "options.max_length"),
-    ],
+    [("symbols", "genes"), ("bad subsample", "options.subsample"), *COMMON_INPUT_ERRORS],
 )
 def test_input_errors_name_the_field(backend, folder, case, field):
-    genes, counts, options = genes_of(folder), cells(), {}
+    genes, counts, options = genes_of(folder), poisson_counts(), {}
     if case == "symbols":
         genes = [f"GENE{i}" for i in range(len(genes))]
-    elif case == "empty cell":
-        counts = counts.tolil()
-        counts[1, :] = 0
-        counts = counts.tocsr()
     elif case == "bad subsample":
         options = {"subsample": "first"}
-    elif case == "unknown option":
-        options = {"top_k": 5}
-    elif case == "max_length too small":
-        options = {"max_length": 1}
+    else:
+        counts, options = common_input_error(case, counts)
     with pytest.raises(InputError) as err:
         backend.check_input(counts, genes, options)
     assert str(err.value).startswith(field), str(err.value)

@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 from ._anndata import write_embeddings
 from ._cache import DEFAULT_MAX_BYTES, ChunkCache, default_cache_dir
 from ._core import ChunkTask, EmbedJob, TransportChoice
-from ._protocol import _is_int, rejects_cells_npz, rejects_npz
+from ._protocol import _is_int
 from ._replicas import Replica, ReplicaSet, RunReport, parse_urls
 from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
-from .exceptions import ProtocolError, ServiceError, UnmappedGenesWarning
+from .exceptions import ProtocolError, UnmappedGenesWarning
 from .models import ModelCard
+from .store import EmbeddingStore
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -89,8 +90,9 @@ class ClientBase:
             directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             self.cache = ChunkCache(directory, cache_max_bytes)
         self._cards: list[ModelCard] | None = None
-        self._npz_ok = True  # until the service refuses the format field
-        self._cells_npz_ok = True  # until the service refuses the cells_npz field
+        # What the service offers beyond JSON (GET /info's "features"), read once, when a run
+        # would first use any of it; None until then
+        self._features: frozenset[str] | None = None
         # Replaced by tests that must not really wait: called with each retry delay.
         self._sleep: Any = None
         self._replicas: ReplicaSet  # set by each client, with its own HTTP clients
@@ -180,6 +182,8 @@ class ClientBase:
         pooling: str,
         options: Mapping[str, Any] | None,
         write_to: AnnData | None,
+        extra_outputs: Sequence[Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> EmbedJob:
         job = EmbedJob.plan(
             X,
@@ -191,6 +195,8 @@ class ClientBase:
             chunk_size=self.chunk_size,
             card=self._card(model),
             cache=self.cache,
+            extra_outputs=extra_outputs,
+            fields=fields,
         )
         if write_to is not None and write_to.n_obs != job.n_cells:
             raise ValueError(
@@ -200,47 +206,76 @@ class ClientBase:
         return job
 
     @staticmethod
+    def _coverage_fields(
+        min_known_genes: int | None, min_mapped_fraction: float | None
+    ) -> dict[str, Any]:
+        """The item fields of the service's gene checks that the caller set (docs/api.md)."""
+        fields: dict[str, Any] = {}
+        if min_known_genes is not None:
+            if not _is_int(min_known_genes) or min_known_genes < 0:
+                raise ValueError(
+                    f"min_known_genes: expected a count of genes >= 0, got {min_known_genes!r}"
+                )
+            fields["min_known_genes"] = int(min_known_genes)
+        if min_mapped_fraction is not None:
+            if not isinstance(min_mapped_fraction, int | float) or not (
+                0 <= min_mapped_fraction <= 1
+            ):
+                raise ValueError(
+                    f"min_mapped_fraction: expected a share in 0..1, got {min_mapped_fraction!r}"
+                )
+            fields["min_mapped_fraction"] = float(min_mapped_fraction)
+        return fields
+
+    @staticmethod
     def _check_layer(layer: Any) -> int:
         if not _is_int(layer):
             raise TypeError(f"layer: expected one layer index (an int), got {layer!r}")
         return int(layer)
 
+    @property
+    def _npz_ok(self) -> bool:
+        return self._features is None or "npz" in self._features
+
+    def _wants_features(self, job: EmbedJob, tasks: list[ChunkTask]) -> bool:
+        """True when the service's features are unknown and this run would use one."""
+        if self._features is not None:
+            return False
+        return bool(job.extra) or any(t.format == "npz" or t.cells_npz for t in tasks)
+
+    def _learn_features(self, info: Any) -> None:
+        """Keep what ``GET /info`` says the service accepts; None (no /info: a service older
+        than it) means JSON only, as does an /info without ``features``."""
+        features = info.get("features") if isinstance(info, Mapping) else None
+        if not isinstance(features, list):
+            features = ["json"]
+        self._features = frozenset(str(f) for f in features)
+        if not self._npz_ok:
+            if self.transport_format == "npz":
+                raise ValueError(
+                    f"transport_format: {self.url} does not offer the npz transport (GET /info "
+                    "features); use 'auto' or 'json'"
+                )
+            logger.info("%s offers JSON only (GET /info); sending and receiving JSON", self.url)
+
+    def _check_features(self, job: EmbedJob) -> None:
+        if job.extra and self._features is not None and "extra_outputs" not in self._features:
+            raise ValueError(
+                f"extra_outputs: {self.url} does not offer several poolings from one pass "
+                "(GET /info features); call embed once per pooling"
+            )
+
     def _current(self, task: ChunkTask) -> ChunkTask:
-        """The task as it should go out now: JSON once the service has refused npz, JSON
-        cells once it has refused ``cells_npz``."""
-        if task.format == "npz" and self.transport_format == "auto" and not self._npz_ok:
+        """The task as the service can take it: JSON under ``auto`` when it offers no npz,
+        JSON cells when it offers no ``cells_npz``."""
+        features = self._features
+        if features is None:
+            return task
+        if task.format == "npz" and "npz" not in features:
             return task.as_json()
-        if task.cells_npz and not self._cells_npz_ok:
+        if task.cells_npz and "cells_npz" not in features:
             return task.with_json_cells()
         return task
-
-    def _json_fallback(self, task: ChunkTask, exc: ServiceError) -> ChunkTask | None:
-        """What to resend when an older service refused part of the npz transport; else None.
-
-        A service that predates ``cells_npz`` gets the cells as JSON lists (the reply format
-        stays); one that also predates the ``format`` field gets JSON both ways, under
-        ``auto`` (an explicit ``"npz"`` then fails with the service's message).
-        """
-        if task.format == "npz" and rejects_npz(exc):
-            if self.transport_format != "auto":
-                return None
-            if self._npz_ok:
-                logger.warning(
-                    "%s does not accept the npz format (%s); using JSON", self.url, exc.message
-                )
-                self._npz_ok = False
-            self._cells_npz_ok = False
-            return task.as_json()
-        if task.cells_npz and rejects_cells_npz(exc):
-            if self._cells_npz_ok:
-                logger.warning(
-                    "%s does not accept cells as cells_npz (%s); sending them as JSON",
-                    self.url,
-                    exc.message,
-                )
-                self._cells_npz_ok = False
-            return task.with_json_cells()
-        return None
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -252,13 +287,23 @@ class ClientBase:
             return self.progress
         return None if n_chunks > 1 else False
 
-    def _bar(self, job: EmbedJob, n_tasks: int, cached_cells: int) -> tqdm:
+    def _bar(self, job: EmbedJob, tasks: list[ChunkTask]) -> tqdm:
+        """Cells done out of all; the cells no request is needed for (cached, or in the
+        store already) count as done from the start."""
+        n_tasks = len(tasks)
         return tqdm(
             total=job.n_cells,
-            initial=cached_cells,
+            initial=job.n_cells - sum(t.n_cells for t in tasks),
             disable=_tqdm_disable(self._show_progress(n_tasks)),
             unit="cell",
             unit_scale=True,
+            # Replies come in bursts (several chunks in flight finish together, after a wait as
+            # long as a chunk takes): the rate is the average since the start (smoothing=0), not
+            # a moving average of bursts, so the ETA holds; every reply is shown as it arrives
+            # (tqdm would otherwise skip redraws after a burst)
+            smoothing=0,
+            miniters=1,
+            mininterval=0,
             desc=f"{job.model} ({n_tasks} chunk{'s' if n_tasks != 1 else ''})",
         )
 
@@ -276,6 +321,30 @@ class ClientBase:
                 UnmappedGenesWarning,
                 stacklevel=4,
             )
+
+    @staticmethod
+    def _stores(job: EmbedJob) -> EmbeddingStore | dict[str, EmbeddingStore]:
+        """A streamed run's store; with extra outputs, each pooling's, by pooling."""
+        stores = {j.pooling: j.store for j in job.outputs if j.store is not None}
+        assert len(stores) == len(job.outputs)
+        return stores if job.extra else stores[job.pooling]
+
+    def _results(
+        self,
+        job: EmbedJob,
+        layers: dict[int, np.ndarray],
+        write_to: AnnData | None,
+        key_added: str | None,
+    ) -> dict[int, np.ndarray] | dict[str, dict[int, np.ndarray]]:
+        """``layers`` (the call's pooling); with extra outputs, every pooling's, by pooling,
+        each written to ``write_to`` under keys of its own."""
+        if not job.extra:
+            self._write(write_to, job, layers, key_added)
+            return layers
+        results = {job.pooling: layers, **{x.pooling: x.result() for x in job.extra}}
+        for output in job.outputs:
+            self._write(write_to, output, results[output.pooling], key_added)
+        return results
 
     def _write(
         self,

@@ -338,7 +338,14 @@ def _admit_item(index: int, sized: _Sized, settings: Settings) -> Admitted:
         _check_genes(genes, counts.shape[1])
         # first: names the model does not know explain the family's own refusals below
         reached = coverage.measure(counts, sized.backend.gene_columns(genes))
-        coverage.check(reached, genes, sized.backend.card, sized.item.min_mapped_fraction)
+        coverage.check(
+            reached,
+            genes,
+            sized.backend.card,
+            sized.item.min_mapped_fraction,
+            _or(sized.item.min_known_genes, settings.min_known_genes),
+            len(sized.backend.known_genes()),
+        )
         sized.backend.check_input(counts, genes, sized.item.options)
     options = sized.item.options
     job = EmbedJob(
@@ -362,6 +369,10 @@ def _admit_item(index: int, sized: _Sized, settings: Settings) -> Admitted:
     )
     job.wanted = admitted_item.wanted
     return admitted_item
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _check_genes(genes: list[str], n_columns: int) -> None:

@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 MAX_LISTED = 50
 
 
-def listed(items: Sequence[object]) -> str:
-    """The first :data:`MAX_LISTED` items, comma-separated, with "…" when there are more."""
-    return ", ".join(map(str, items[:MAX_LISTED])) + (" …" if len(items) > MAX_LISTED else "")
+def listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` items, comma-separated, then "… (N in all)" when there are more."""
+    more = f" … ({len(items)} in all)" if len(items) > limit else ""
+    return ", ".join(map(str, items[:limit])) + more
 
 
 class InputError(ValueError):
@@ -93,6 +94,21 @@ class TokenizedCells:
     values: np.ndarray
     offsets: np.ndarray
     unmapped_genes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def from_cells(
+        token_ids: Sequence[np.ndarray],
+        values: Sequence[np.ndarray],
+        unmapped_genes: Sequence[str] = (),
+    ) -> TokenizedCells:
+        """Cells given one by one (token ids and values per cell), packed end to end."""
+        lengths = [len(ids) for ids in token_ids]
+        return TokenizedCells(
+            token_ids=np.concatenate([*token_ids, np.zeros(0, np.int64)]).astype(np.int64),
+            values=np.concatenate([*values, np.zeros(0, np.float32)]).astype(np.float32),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            unmapped_genes=list(unmapped_genes),
+        )
 
     @property
     def n_cells(self) -> int:
@@ -196,11 +212,8 @@ class PackedEncoder(Protocol):
     (every block of one model is of one class, so one compiled graph serves them all).
     """
 
-    blocks: Sequence[torch.nn.Module]
+    blocks: Sequence[torch.nn.Module]  # the model's L blocks, in order
     final_norm: torch.nn.Module | None
-
-    @property
-    def n_layers(self) -> int: ...
 
     def embed_inputs(
         self, token_ids: torch.Tensor, values: torch.Tensor, layout: PackedLayout

@@ -1,4 +1,6 @@
-"""Moving a request's columns into a model's gene order (shared by the tokenizers)."""
+"""A request's columns against a model's genes (shared by the tokenizers): the mapping, the
+columns in the model's gene order or each cell's expressed genes in column order, and the two
+checks every tokenizer makes on them."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
+from scstrata_service.contract import InputError, listed
 
 
 class GeneColumns:
@@ -60,3 +64,46 @@ def mapped_nonzeros(counts: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
     row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
     keep = (columns[counts.indices] >= 0) & (counts.data != 0)
     return np.bincount(row_of[keep], minlength=counts.shape[0])
+
+
+def expressed(
+    counts: sp.csr_matrix, columns: np.ndarray, *, positive_only: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell, the known genes it expresses (non-zero, or > 0 with ``positive_only``), in
+    column order: cell offsets, gene indices (``columns``' values) and float32 values."""
+    counts = sp.csr_matrix(counts)
+    if not counts.has_sorted_indices:
+        counts = counts.sorted_indices()  # a copy: the caller's matrix is left alone
+    row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    ids = columns[counts.indices]
+    keep = (ids >= 0) & ((counts.data > 0) if positive_only else (counts.data != 0))
+    n = np.bincount(row_of[keep], minlength=counts.shape[0])
+    offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    return offsets, ids[keep], counts.data[keep].astype(np.float32)
+
+
+def require_known_genes(
+    genes: Sequence[str], columns: np.ndarray, where: str, fix: str | Callable[[], str]
+) -> None:
+    """An :class:`InputError` when no gene of the request is one of the model's: "genes: none
+    of the N genes is in ``where``; ``fix``" (a function: called only then, for a hint that
+    costs a pass over the names)."""
+    if not (columns >= 0).any():
+        text = fix() if callable(fix) else fix
+        raise InputError(f"genes: none of the {len(genes)} genes is in {where}; {text}")
+
+
+def require_expressed(
+    counts: sp.csr_matrix,
+    columns: np.ndarray,
+    model: str,
+    fix: str = "Drop these cells (or send more genes).",
+) -> None:
+    """An :class:`InputError` listing the cells that express none of the model's genes (the
+    ``model`` would have nothing to embed for them)."""
+    empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
+    if len(empty):
+        raise InputError(
+            f"cells: {len(empty)} cell(s) express none of the model's genes, so {model} has "
+            f"nothing to embed: rows [{listed(empty)}]. {fix}"
+        )

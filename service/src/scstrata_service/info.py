@@ -21,6 +21,7 @@ FEATURES = (
     "h5ad",
     "extra_outputs",
     "min_mapped_fraction",
+    "min_known_genes",
 )
 # Settings a client or operator plans with (never the token)
 LIMITS = (
@@ -28,6 +29,7 @@ LIMITS = (
     "max_tokens_per_request",
     "max_genes_per_request",
     "max_outputs_per_request",
+    "min_known_genes",
     "max_body_bytes",
     "max_queued_cells",
     "max_queued_tokens",

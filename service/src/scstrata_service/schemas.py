@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from scstrata_service.contract import MAX_LISTED
-from scstrata_service.coverage import DEFAULT_MIN_MAPPED_FRACTION
+from scstrata_service.coverage import DEFAULT_MIN_KNOWN_GENES, DEFAULT_MIN_MAPPED_FRACTION
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -67,6 +67,13 @@ class EmbedItem(OutputSpec):
         le=1,
         description="refuse (400) when less than this share of the counts is on genes the "
         "model knows (0 embeds whatever matched)",
+    )
+    min_known_genes: int | None = Field(
+        default=None,
+        ge=0,
+        description="refuse (400) when the request carries fewer of the model's genes than "
+        "this (a gene subset such as HVGs), or than half of them for a small panel; default: "
+        f"the server's SCSTRATA_MIN_KNOWN_GENES ({DEFAULT_MIN_KNOWN_GENES:,}); 0 takes any subset",
     )
 
 

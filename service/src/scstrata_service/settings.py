@@ -8,6 +8,10 @@ from pathlib import Path
 
 from scstrata_service.workers import WORKERS_ENV, parse_workers, visible_gpus
 
+# The fewest of a model's genes a request carries by default (coverage.py): a 2,000-gene HVG
+# subset is refused, full-transcriptome data holds tens of thousands
+DEFAULT_MIN_KNOWN_GENES = 5000
+
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
@@ -49,12 +53,16 @@ class Settings:
     max_tokens_per_request: int  # SCSTRATA_MAX_REQUEST_TOKENS: expressed genes summed, per request
     max_genes_per_request: int  # SCSTRATA_MAX_GENES
     max_outputs_per_request: int  # SCSTRATA_MAX_OUTPUTS: (layers, pooling) sets per request
+    min_known_genes: int  # SCSTRATA_MIN_KNOWN_GENES: a request's default (coverage.py)
     max_body_bytes: int  # SCSTRATA_MAX_BODY_MB: request body size (and what uploads unpack to)
     max_queued_cells: int  # SCSTRATA_MAX_QUEUED_CELLS: admitted, unanswered cells; beyond: 503
     max_queued_tokens: int  # SCSTRATA_MAX_QUEUED_TOKENS: the same bound in tokens
     retry_after_s: int  # SCSTRATA_RETRY_AFTER_S: the Retry-After of a 503 (busy) or 429
     request_timeout_s: float  # SCSTRATA_REQUEST_TIMEOUT_S: no forward pass starts after this
     read_timeout_s: float  # SCSTRATA_READ_TIMEOUT_S: the longest wait for body bytes (408)
+    header_timeout_s: float  # SCSTRATA_HEADER_TIMEOUT_S: the longest wait for a request head
+    max_connections: int | None  # SCSTRATA_MAX_CONNECTIONS per worker (default: by file limit)
+    backlog: int  # SCSTRATA_BACKLOG: connections the kernel queues for the workers to accept
     auth_failures_per_minute: int  # SCSTRATA_AUTH_FAILURES: wrong tokens per client, then 429
     admit_threads: int  # SCSTRATA_ADMIT_THREADS: request bodies parsed and checked at once
     parse_in_process_bytes: int  # bodies this large are parsed in a process of their own
@@ -80,6 +88,8 @@ class Settings:
             max_tokens_per_request=_int("SCSTRATA_MAX_REQUEST_TOKENS", 20_000_000),
             max_genes_per_request=_int("SCSTRATA_MAX_GENES", 100_000),
             max_outputs_per_request=_int("SCSTRATA_MAX_OUTPUTS", 8),
+            # a targeted or spatial panel (a few hundred genes) needs it lowered
+            min_known_genes=_int("SCSTRATA_MIN_KNOWN_GENES", DEFAULT_MIN_KNOWN_GENES),
             # 32 MiB: a 256-cell chunk (the client's default) of 5,000 expressed genes per cell
             # is ~15 MB as JSON lists, ~14 MB as cells_npz (512 MiB bodies cost 14 GiB before)
             max_body_bytes=_int("SCSTRATA_MAX_BODY_MB", 32) * 1024 * 1024,
@@ -88,6 +98,9 @@ class Settings:
             retry_after_s=_int("SCSTRATA_RETRY_AFTER_S", 5),
             request_timeout_s=float(os.environ.get("SCSTRATA_REQUEST_TIMEOUT_S", 600)),
             read_timeout_s=float(os.environ.get("SCSTRATA_READ_TIMEOUT_S", 30)),
+            header_timeout_s=float(os.environ.get("SCSTRATA_HEADER_TIMEOUT_S", 10)),
+            max_connections=_int("SCSTRATA_MAX_CONNECTIONS", 0) or None,
+            backlog=_int("SCSTRATA_BACKLOG", 256),
             auth_failures_per_minute=_int("SCSTRATA_AUTH_FAILURES", 10),
             admit_threads=_int("SCSTRATA_ADMIT_THREADS", 4),
             parse_in_process_bytes=_int("SCSTRATA_PARSE_APART_KB", 1024) * 1024,

@@ -63,9 +63,10 @@ def layer_states(
         yield 0, x
     run = blocks or torch_blocks(encoder, policy)
     norm = encoder.final_norm if readout.final_norm else None
+    depth = len(encoder.blocks)
     for k, states in run(x, layout, readout.last, wanted):
         if k in wanted:
-            yield k, norm(states) if norm is not None and k == encoder.n_layers else states
+            yield k, norm(states) if norm is not None and k == depth else states
 
 
 # no_grad, not inference_mode: jagged nested tensors cannot be built from inference tensors

@@ -6,7 +6,10 @@ batch, with host-side sizes so that no index op waits on the device.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+import torch.nn.functional as F
 
 from scstrata_service.runtime.attention import PackedLayout
 
@@ -54,3 +57,31 @@ def segment_max(x: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torc
     out = torch.full((n_segments, x.shape[1]), -torch.inf, dtype=torch.float32, device=x.device)
     index = segment.unsqueeze(1).expand(-1, x.shape[1])
     return out.scatter_reduce_(0, index, x.float(), reduce="amax", include_self=True)
+
+
+class ClsFirstPooler:
+    """The poolings of cells whose first token is ``<cls>`` (scGPT, Tahoe-X1): ``cls`` = its
+    raw state, ``mean`` = the mean of the gene tokens, ``official`` = the official embedding:
+    the ``<cls>`` state (``official="cls"``) or the mean of every token, ``<cls>`` included
+    (``official="avg-pool"``), then L2-normalised as the official extractors do."""
+
+    def __init__(self, layout: PackedLayout, official: str):
+        self.official = official
+        self.n_cells = layout.n_cells
+        self.cls_index = layout.offsets[:-1]
+        self.layout = layout
+        self.genes = GeneTokens(layout, head=1)
+
+    def one(self, pooling: str, x: torch.Tensor) -> torch.Tensor:
+        if pooling == "cls":
+            return x[self.cls_index].float()
+        if pooling == "mean":
+            return self.genes.mean(x)
+        if self.official == "cls":
+            cell = x[self.cls_index].float()
+        else:
+            cell = segment_mean(x, cell_of_tokens(self.layout), self.n_cells)
+        return F.normalize(cell, dim=1)
+
+    def __call__(self, poolings: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {p: self.one(p, x) for p in poolings}

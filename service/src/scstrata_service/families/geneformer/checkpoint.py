@@ -17,7 +17,6 @@ from the token dictionary: ``<cls>`` and ``<eos>`` present = V2, both absent = V
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import pickle
@@ -28,6 +27,7 @@ import torch
 
 from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
+from scstrata_service.release_files import folder_of, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def read_pickled_dict(path: Path) -> dict:
 
 def model_folder(path: Path) -> Path:
     """The folder of a checkpoint given as the folder or any file inside it."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = folder_of(path)
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"no Geneformer checkpoint at {path}: {folder}/{CONFIG_FILE} missing")
     return folder
@@ -229,16 +228,11 @@ class BertWeights:
     weights_name: str
 
 
-def read_config(folder: Path) -> dict:
-    with open(folder / CONFIG_FILE) as fh:
-        return json.load(fh)
-
-
 def load_bert(folder: Path) -> BertWeights:
     """Load the checkpoint with transformers from the local folder (never downloads)."""
     from transformers import BertForMaskedLM
 
-    raw = read_config(folder)
+    raw = read_json_object(folder / CONFIG_FILE)
     if raw.get("model_type") != "bert":
         raise CheckpointError(
             f"{folder}/{CONFIG_FILE}: model_type is {raw.get('model_type')!r}; Geneformer "

@@ -28,7 +28,12 @@ from pydantic import Field
 
 from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
 from scstrata_service.families.geneformer.checkpoint import GeneDictionaries
-from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros, to_model_genes
+from scstrata_service.gene_mapping import (
+    GeneColumns,
+    require_expressed,
+    require_known_genes,
+    to_model_genes,
+)
 
 TARGET_SUM = 10_000.0
 
@@ -83,31 +88,27 @@ class GeneformerTokenizer:
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         opts = GeneformerOptions.parse(options)
         columns, _ = self.map_genes(genes)
-        if not (columns >= 0).any():
-            looks_like_symbols = not any(str(g).upper().startswith("ENS") for g in genes)
-            hint = (
-                " (these look like gene symbols: map them to Ensembl ids first)"
-                if looks_like_symbols
-                else ""
-            )
-            raise InputError(
-                f"genes: none of the {len(genes)} genes is in this Geneformer model's "
-                f"{len(self.genes):,}-gene dictionary; send Ensembl gene ids "
-                f"(e.g. {self.genes[:3]}){hint}"
-            )
+
+        def fix() -> str:
+            symbols = not any(str(g).upper().startswith("ENS") for g in genes)
+            hint = " (these look like gene symbols: map them to Ensembl ids first)"
+            return f"send Ensembl gene ids (e.g. {self.genes[:3]}){hint if symbols else ''}"
+
+        where = f"this Geneformer model's {len(self.genes):,}-gene dictionary"
+        require_known_genes(genes, columns, where, fix)
         whole = np.array_equal(counts.data, np.round(counts.data))
         if not (opts.allow_non_integer or whole):
             raise InputError(
                 "cells.data: Geneformer expects raw counts (whole numbers); for depth-scaled "
                 'counts (not log-transformed) set options {"allow_non_integer": true}'
             )
-        empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
-        if len(empty):
-            raise InputError(
-                f"cells: {len(empty)} cell(s) express none of the model's dictionary genes, so "
-                f"Geneformer has no token to embed: rows [{listed(empty)}]. Drop these cells "
-                "(the official tokenizer skips them) or check the gene ids, and resend."
-            )
+        require_expressed(
+            counts,
+            columns,
+            "Geneformer",
+            "Drop these cells (the official tokenizer skips them) or check the gene ids, and "
+            "resend.",
+        )
 
     def tokenize(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping

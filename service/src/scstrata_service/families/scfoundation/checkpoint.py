@@ -18,6 +18,7 @@ import torch
 
 from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
+from scstrata_service.release_files import folder_of, load_weights_only
 
 CHECKPOINT_FILE = "models.ckpt"
 VOCABULARY_FILE = "OS_scRNA_gene_index.19264.tsv"
@@ -88,8 +89,8 @@ def load_checkpoint(path: Path, version: str = "cell") -> LoadedCheckpoint:
     if version not in VERSIONS:
         raise CheckpointError(f"version must be one of {VERSIONS}, got {version!r}")
     file = find_checkpoint(path)
-    # weights_only: the official file holds only tensors and plain config values.
-    raw = torch.load(file, map_location="cpu", weights_only=True)
+    # the official file holds only tensors and plain config values
+    raw = load_weights_only(file, f"expected the official {CHECKPOINT_FILE}")
     if not isinstance(raw, dict) or version not in raw:
         keys = list(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{file}: expected sub-checkpoints {VERSIONS}, found {keys}")
@@ -111,9 +112,7 @@ def load_checkpoint(path: Path, version: str = "cell") -> LoadedCheckpoint:
 
 def load_vocabulary(checkpoint_path: Path) -> list[str]:
     """The 19,264 gene symbols: the TSV beside the checkpoint, else the packaged copy."""
-    folder = Path(checkpoint_path)
-    folder = folder if folder.is_dir() else folder.parent
-    beside = folder / VOCABULARY_FILE
+    beside = folder_of(checkpoint_path) / VOCABULARY_FILE
     source = (
         beside
         if beside.is_file()

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.scfoundation.checkpoint import ScFoundationConfig
-from scstrata_service.runtime.attention import PackedLayout, packed_attention
-from scstrata_service.runtime.fused import linear_relu
+from scstrata_service.runtime.attention import PackedLayout
+from scstrata_service.runtime.modules import PackedEncoderLayer
 from scstrata_service.runtime.pooling import GeneTokens
 
 POOLINGS = ("official", "S", "T", "max", "mean")
@@ -43,23 +43,6 @@ class AutoDiscretizationEmbedding(nn.Module):
         # Upstream swaps in special embeddings where the *value* equals these ids.
         out = torch.where((values == self.mask_id).unsqueeze(-1), self.emb_mask.weight[0], out)
         return torch.where((values == self.pad_id).unsqueeze(-1), self.emb_pad.weight[0], out)
-
-
-class PackedEncoderLayer(nn.TransformerEncoderLayer):
-    """``nn.TransformerEncoderLayer`` (post-norm, ReLU; its parameter names, so the release's
-    tensors load strictly) whose forward runs on packed ``[tokens, dim]`` states, attention
-    within each cell."""
-
-    def forward(self, x: torch.Tensor, layout: PackedLayout, attention: str) -> torch.Tensor:
-        attn = self.self_attn
-        tokens, dim = x.shape
-        heads = attn.num_heads
-        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(tokens, 3, heads, dim // heads).unbind(1)
-        mixed = packed_attention(q, k, v, layout, attention).reshape(tokens, dim)
-        x = self.norm1(x + attn.out_proj(mixed))
-        hidden = linear_relu(x, self.linear1.weight, self.linear1.bias)
-        return self.norm2(x + self.linear2(hidden))
 
 
 class TransformerStack(nn.Module):
@@ -89,10 +72,6 @@ class ScFoundationEncoder(nn.Module):
         )
         self.pos_emb = nn.Embedding(config.seq_len + 1, config.hidden_dim)
         self.encoder = TransformerStack(config.hidden_dim, config.depth, config.heads)
-
-    @property
-    def n_layers(self) -> int:
-        return self.config.depth
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -17,7 +17,12 @@ import scipy.sparse as sp
 from pydantic import Field, field_validator
 
 from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
-from scstrata_service.gene_mapping import GeneColumns, mapped_totals, to_model_genes
+from scstrata_service.gene_mapping import (
+    GeneColumns,
+    mapped_totals,
+    require_known_genes,
+    to_model_genes,
+)
 
 TGTHIGHRES = re.compile(r"^[tfa]\d+(\.\d+)?$")
 MAX_TGTHIGHRES = 1e3
@@ -80,12 +85,10 @@ class ScFoundationTokenizer:
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         opts = ScFoundationOptions.parse(options)
         columns, _ = self.map_genes(genes)
-        if not (columns >= 0).any():
-            raise InputError(
-                f"genes: none of the {len(genes)} genes is in scFoundation's "
-                f"{len(self.vocabulary):,}-gene vocabulary; send HGNC gene symbols "
-                f"(e.g. {self.vocabulary[:3]})"
-            )
+        where = f"scFoundation's {len(self.vocabulary):,}-gene vocabulary"
+        require_known_genes(
+            genes, columns, where, f"send HGNC gene symbols (e.g. {self.vocabulary[:3]})"
+        )
         if not opts.pre_normalized and counts.nnz:
             data = counts.data
             if not np.array_equal(data, np.round(data)):

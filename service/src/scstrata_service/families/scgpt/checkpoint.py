@@ -19,7 +19,6 @@ flash-attn: the release's fused ``self_attn.Wqkv`` (rows q; k; v) is torch's
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any
 
 import torch
 
-from scstrata_service.contract import CheckpointError
+from scstrata_service.contract import CheckpointError, listed
 from scstrata_service.digest import files_digest
+from scstrata_service.release_files import load_weights_only, read_json_object, release_folder
 
 ARGS = "args.json"
 VOCABULARY = "vocab.json"
@@ -37,6 +37,7 @@ WEIGHTS = "best_model.pt"
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
 ENCODER_PREFIXES = ("encoder.", "value_encoder.", "transformer_encoder.")
 LAYER_KEY = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
+NAMES_LISTED = 8  # tensor names one error lists
 
 
 @dataclass(frozen=True)
@@ -135,32 +136,17 @@ class ScGPTCheckpoint:
 
 def find_folder(path: Path) -> Path:
     """The release folder: ``path`` itself, or the folder of a file inside it."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    missing = [f for f in (ARGS, VOCABULARY, WEIGHTS) if not (folder / f).is_file()]
-    if missing:
-        raise CheckpointError(
-            f"{folder} is not an scGPT release folder: missing {missing} (expected "
-            f"{ARGS}, {VOCABULARY} and {WEIGHTS})"
-        )
-    return folder
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
-    return raw
+    files = (ARGS, VOCABULARY, WEIGHTS)
+    return release_folder(
+        path, files, "an scGPT release folder", f"{ARGS}, {VOCABULARY} and {WEIGHTS}"
+    )
 
 
 def load_vocabulary(folder: Path) -> dict[str, int]:
     """Token -> id; ids must be 0..n-1, each once (the official vocabulary requires it).
     Special tokens the file lacks are appended after the highest id, as upstream does."""
     file = folder / VOCABULARY
-    raw = _read_json(file)
+    raw = read_json_object(file)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
         raise CheckpointError(f"{file}: expected a JSON object gene symbol -> integer id")
     if sorted(raw.values()) != list(range(len(raw))):
@@ -172,20 +158,10 @@ def load_vocabulary(folder: Path) -> dict[str, int]:
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused: objects other than tensors and plain values
-        raise CheckpointError(
-            f"{file}: cannot be read with torch.load(weights_only=True) "
-            f"({err.__class__.__name__}); expected a bare state dict"
-        ) from None
+    raw = load_weights_only(file, "expected a bare state dict")
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CheckpointError(f"{file}: expected a bare state dict (tensor name -> tensor)")
     return raw
-
-
-def _named_list(names: list[str], limit: int = 8) -> str:
-    return ", ".join(names[:limit]) + (f" … ({len(names)} in all)" if len(names) > limit else "")
 
 
 def encoder_state(
@@ -211,7 +187,9 @@ def encoder_state(
             if any(k.startswith("module.") for k in raw)
             else ""
         )
-        raise CheckpointError(f"{source}: missing encoder tensor(s) {_named_list(missing)}{hint}")
+        raise CheckpointError(
+            f"{source}: missing encoder tensor(s) {listed(missing, NAMES_LISTED)}{hint}"
+        )
     misshaped = [
         f"{k} is {list(state[k].shape)}, expected {list(shape)}"
         for k, shape in expected.items()
@@ -219,8 +197,9 @@ def encoder_state(
     ]
     if misshaped:
         raise CheckpointError(
-            f"{source}: misshaped encoder tensor(s) {_named_list(misshaped)} ({ARGS}: embsize "
-            f"{config.hidden}, d_hid {config.d_hid}, {config.vocab_size} tokens in {VOCABULARY})"
+            f"{source}: misshaped encoder tensor(s) {listed(misshaped, NAMES_LISTED)} "
+            f"({ARGS}: embsize {config.hidden}, d_hid {config.d_hid}, "
+            f"{config.vocab_size} tokens in {VOCABULARY})"
         )
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
@@ -230,16 +209,20 @@ def encoder_state(
             if deeper
             else "not part of the architecture"
         )
-        raise CheckpointError(f"{source}: unexpected tensor(s) {_named_list(unexpected)}: {why}")
+        raise CheckpointError(
+            f"{source}: unexpected tensor(s) {listed(unexpected, NAMES_LISTED)}: {why}"
+        )
     not_float = [k for k, t in state.items() if not t.is_floating_point()]
     if not_float:
-        raise CheckpointError(f"{source}: non-floating-point tensor(s) {_named_list(not_float)}")
+        raise CheckpointError(
+            f"{source}: non-floating-point tensor(s) {listed(not_float, NAMES_LISTED)}"
+        )
     return {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): t.float() for k, t in state.items()}
 
 
 def load_checkpoint(path: Path) -> ScGPTCheckpoint:
     folder = find_folder(path)
-    args = _read_json(folder / ARGS)
+    args = read_json_object(folder / ARGS)
     vocabulary = load_vocabulary(folder)
     config = ScGPTConfig.from_args(args, len(vocabulary))
     if config.pad_token not in vocabulary:

@@ -2,11 +2,10 @@
 
 Module names follow the official ``TransformerModel`` (``encoder`` = gene encoder with its
 norm, ``value_encoder``, ``transformer_encoder.layers.{i}``) so the release's encoder
-weights load strictly. scGPT's gene and value encoders are the modules Tahoe-X1 inherited
-from it (embedding -> LayerNorm; value clamped at 512 -> Linear -> ReLU -> Linear ->
-LayerNorm), and its blocks are post-norm ``torch.nn.TransformerEncoderLayer``s (ReLU,
-eps 1e-5) like scFoundation's, so those families' modules and packed block are used as
-they are.
+weights load strictly. The gene and value encoders (embedding -> LayerNorm; value clamped
+at 512 -> Linear -> ReLU -> Linear -> LayerNorm, the modules Tahoe-X1 inherited) and the
+post-norm ``torch.nn.TransformerEncoderLayer`` blocks (ReLU, eps 1e-5, as scFoundation's)
+are the runtime's shared modules (runtime/modules.py).
 
 Layers: 0 = gene embedding + value embedding (the official ``total_embs``), ``k`` = output
 of block ``k``; there is no final norm, so layer ``L`` is block ``L``'s output.
@@ -17,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scstrata_service.families.scfoundation.encoder import PackedEncoderLayer
 from scstrata_service.families.scgpt.checkpoint import ScGPTConfig
-from scstrata_service.families.tahoe.encoder import CellPooler, ExpressionEncoder, GeneEncoder
 from scstrata_service.runtime.attention import PackedLayout
+from scstrata_service.runtime.modules import ExpressionEncoder, GeneEncoder, PackedEncoderLayer
+from scstrata_service.runtime.pooling import ClsFirstPooler
 
 POOLINGS = ("official", "cls", "mean")
 MAX_VALUE = 512.0  # the official value encoder's clamp
@@ -56,10 +55,6 @@ class ScGPTEncoder(nn.Module):
         self.transformer_encoder = TransformerStack(config)
 
     @property
-    def n_layers(self) -> int:
-        return self.config.n_layers
-
-    @property
     def blocks(self) -> nn.ModuleList:
         return self.transformer_encoder.layers
 
@@ -69,5 +64,5 @@ class ScGPTEncoder(nn.Module):
         """Layer 0: normed gene embedding + value embedding (kept in fp32)."""
         return self.encoder(token_ids) + self.value_encoder(values)
 
-    def pooler(self, layout: PackedLayout) -> CellPooler:
-        return CellPooler(layout, "cls")
+    def pooler(self, layout: PackedLayout) -> ClsFirstPooler:
+        return ClsFirstPooler(layout, official="cls")

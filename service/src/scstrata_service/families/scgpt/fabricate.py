@@ -21,19 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scstrata_service.families.scfoundation.checkpoint import VOCABULARY_FILE
+from scstrata_service.demo_weights import RandomTensors, gene_symbols
 from scstrata_service.families.scgpt.checkpoint import ARGS, SPECIAL_TOKENS, VOCABULARY, WEIGHTS
-
-GENE_LIST = Path(__file__).resolve().parents[2] / "data" / VOCABULARY_FILE
-
-
-def gene_symbols(n: int) -> list[str]:
-    """``n`` real human gene symbols (scFoundation's list holds 19,264)."""
-    lines = GENE_LIST.read_text().splitlines()[1:]
-    symbols = [line.split("\t")[0] for line in lines]
-    if n > len(symbols):
-        raise ValueError(f"n_genes: at most {len(symbols)} symbols are available, not {n}")
-    return symbols[:n]
 
 
 def _args(hidden: int, n_layers: int, n_heads: int, d_hid: int, max_seq_len: int) -> dict:
@@ -86,23 +75,9 @@ def _args(hidden: int, n_layers: int, n_heads: int, d_hid: int, max_seq_len: int
 def _weights(
     d: int, d_hid: int, n_layers: int, ntoken: int, generator: torch.Generator, attn_names: str
 ) -> dict[str, torch.Tensor]:
-    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * scale
-
-    def linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict:
-        out = {f"{prefix}.weight": randn(n_out, n_in, scale=n_in**-0.5)}
-        if bias:
-            out[f"{prefix}.bias"] = randn(n_out, scale=0.1)
-        return out
-
-    def norm(prefix: str) -> dict:
-        return {f"{prefix}.weight": 1 + randn(d, scale=0.1), f"{prefix}.bias": randn(d, scale=0.1)}
-
-    w = {"encoder.embedding.weight": randn(ntoken, d)}
-    w |= norm("encoder.enc_norm")
-    w["flag_encoder.weight"] = randn(2, d)
-    w |= linear("value_encoder.linear1", 1, d) | linear("value_encoder.linear2", d, d)
-    w |= norm("value_encoder.norm")
+    r = RandomTensors(generator)
+    linear, norm = r.linear, r.norm
+    w = r.gene_value_encoders("encoder", "value_encoder", ntoken, d)
     for i in range(n_layers):
         p = f"transformer_encoder.layers.{i}"
         qkv = linear(f"{p}.self_attn.Wqkv", d, 3 * d)
@@ -110,7 +85,7 @@ def _weights(
             qkv = {k.replace("Wqkv.", "in_proj_"): v for k, v in qkv.items()}
         w |= qkv | linear(f"{p}.self_attn.out_proj", d, d)
         w |= linear(f"{p}.linear1", d, d_hid) | linear(f"{p}.linear2", d_hid, d)
-        w |= norm(f"{p}.norm1") | norm(f"{p}.norm2")
+        w |= norm(f"{p}.norm1", d) | norm(f"{p}.norm2", d)
     for j, (n_in, n_out) in zip((0, 2, 4), ((d, d), (d, d), (d, 1))):
         w |= linear(f"decoder.fc.{j}", n_in, n_out)
     w |= linear("mvc_decoder.gene2query", d, d) | linear("mvc_decoder.W", d, d, bias=False)

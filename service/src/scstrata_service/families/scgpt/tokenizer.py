@@ -26,7 +26,6 @@ Per cell, as the official ``embed_data`` path (its dataset, then its collator) d
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Literal
@@ -35,8 +34,14 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
-from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros
+from scstrata_service.cell_sampling import cell_generator, random_subset, top_expressed
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells
+from scstrata_service.gene_mapping import (
+    GeneColumns,
+    expressed,
+    require_expressed,
+    require_known_genes,
+)
 
 # the official embedding call's default sequence length (= the whole-human max_seq_len)
 DEFAULT_MAX_LENGTH = 1200
@@ -85,15 +90,6 @@ def quantile_bins(values: np.ndarray, ties: str, draws: np.ndarray | None = None
     return at_or_below - np.floor(draws * spread).astype(np.int64)
 
 
-def cell_generator(seed: int, ids: np.ndarray, values: np.ndarray) -> np.random.Generator:
-    """A generator keyed by ``seed`` and the cell's (id, value) pairs in canonical order."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(np.int64(seed).tobytes())
-    digest.update(ids.astype(np.int64).tobytes())
-    digest.update(values.astype(np.float32).tobytes())
-    return np.random.default_rng(int.from_bytes(digest.digest(), "little"))
-
-
 class ScGPTTokenizer:
     """contract.Tokenizer; token ids are vocabulary ids, ``<cls>`` first in every cell."""
 
@@ -120,35 +116,15 @@ class ScGPTTokenizer:
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         ScGPTOptions.parse(options)
         columns, _ = self.map_genes(genes)
-        if not (columns >= 0).any():
+
+        def fix() -> str:
             ensembl = sum(str(g).upper().startswith("ENS") for g in genes) * 2 > len(genes)
             hint = " (these look like Ensembl ids: map them to symbols first)" if ensembl else ""
-            raise InputError(
-                f"genes: none of the {len(genes)} genes is in this scGPT model's vocabulary of "
-                f"{self.n_genes:,} gene symbols (matched exactly, case-sensitive); send symbols "
-                f"such as {sorted(self.index)[:3]}{hint}"
-            )
-        empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
-        if len(empty):
-            raise InputError(
-                f"cells: {len(empty)} cell(s) express none of the model's genes, so scGPT has "
-                f"nothing to embed: rows [{listed(empty)}]. Drop these cells (or send more genes)."
-            )
+            return f"send symbols such as {sorted(self.index)[:3]}{hint}"
 
-    def expressed(
-        self, counts: sp.csr_matrix, columns: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-cell offsets, token ids and float32 values of the expressed known genes, in
-        column order."""
-        counts = sp.csr_matrix(counts)
-        if not counts.has_sorted_indices:
-            counts = counts.sorted_indices()  # a copy: the caller's matrix is left alone
-        row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        ids = columns[counts.indices]
-        keep = (ids >= 0) & (counts.data != 0)
-        n = np.bincount(row_of[keep], minlength=counts.shape[0])
-        offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
-        return offsets, ids[keep], counts.data[keep].astype(np.float32)
+        where = f"this scGPT model's vocabulary of {self.n_genes:,} gene symbols"
+        require_known_genes(genes, columns, f"{where} (matched exactly, case-sensitive)", fix)
+        require_expressed(counts, columns, "scGPT")
 
     def cell_tokens(
         self, ids: np.ndarray, raw: np.ndarray, opts: ScGPTOptions
@@ -166,10 +142,9 @@ class ScGPTTokenizer:
         bins = quantile_bins(raw, opts.ties, draws).astype(np.float32)
         if len(ids) > n_keep:
             if opts.subsample == "top":
-                picked = np.lexsort((ids, -raw.astype(np.float64)))[:n_keep]
+                picked = top_expressed(ids, raw, n_keep)
             else:
-                picked = canonical[rng.choice(len(ids), n_keep, replace=False)]
-            picked = np.sort(picked)
+                picked = random_subset(rng, canonical, n_keep)
             ids, bins = ids[picked], bins[picked]
         return ids, bins
 
@@ -178,20 +153,12 @@ class ScGPTTokenizer:
     ) -> TokenizedCells:
         opts = ScGPTOptions.parse(options)
         columns, unmapped = self.map_genes(genes)
-        offsets, ids, raw = self.expressed(counts, columns)
-        out_ids, out_values, lengths = [], [], []
-        for s, e in pairwise(offsets):
+        offsets, ids, raw = expressed(counts, columns, positive_only=False)
+        cell_ids, cell_values = [], []
+        for row, (s, e) in enumerate(pairwise(offsets)):
             if e == s:
-                raise InputError(
-                    f"cells: a cell expresses none of the model's genes (row {len(lengths)})"
-                )
-            cell_ids, bins = self.cell_tokens(ids[s:e], raw[s:e], opts)
-            out_ids += [[self.cls_id], cell_ids]
-            out_values += [[self.pad_value], bins]
-            lengths.append(1 + len(cell_ids))
-        return TokenizedCells(
-            token_ids=np.concatenate(out_ids or [[]]).astype(np.int64),
-            values=np.concatenate(out_values or [[]]).astype(np.float32),
-            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            unmapped_genes=list(unmapped),
-        )
+                raise InputError(f"cells: a cell expresses none of the model's genes (row {row})")
+            kept, bins = self.cell_tokens(ids[s:e], raw[s:e], opts)
+            cell_ids.append(np.concatenate([[self.cls_id], kept]))
+            cell_values.append(np.concatenate([[self.pad_value], bins]))
+        return TokenizedCells.from_cells(cell_ids, cell_values, unmapped)

@@ -14,7 +14,6 @@ keys a config leaves out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import yaml
 
 from scstrata_service.contract import CheckpointError
 from scstrata_service.digest import files_digest
+from scstrata_service.release_files import load_weights_only, read_json_object, release_folder
 
 MODEL_CONFIG = "model_config.yml"
 COLLATOR_CONFIG = "collator_config.yml"
@@ -210,15 +210,12 @@ class TahoeCheckpoint:
 
 def find_folder(path: Path) -> Path:
     """The release folder: ``path`` itself, or the folder of a file inside it."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    missing = [f for f in (MODEL_CONFIG, COLLATOR_CONFIG, VOCABULARY) if not (folder / f).is_file()]
-    if missing:
-        raise CheckpointError(
-            f"{folder} is not a Tahoe-X1 release folder: missing {missing} (expected "
-            f"{MODEL_CONFIG}, {COLLATOR_CONFIG}, {VOCABULARY} and {SAFETENSORS} or {COMPOSER})"
-        )
-    return folder
+    return release_folder(
+        path,
+        (MODEL_CONFIG, COLLATOR_CONFIG, VOCABULARY),
+        "a Tahoe-X1 release folder",
+        f"{MODEL_CONFIG}, {COLLATOR_CONFIG}, {VOCABULARY} and {SAFETENSORS} or {COMPOSER}",
+    )
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
@@ -230,8 +227,8 @@ def _read_yaml(file: Path) -> dict[str, Any]:
 
 def load_vocabulary(folder: Path) -> dict[str, int]:
     file = folder / VOCABULARY
-    raw = json.loads(file.read_text())
-    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+    raw = read_json_object(file)
+    if not all(isinstance(v, int) for v in raw.values()):
         raise CheckpointError(f"{file}: expected a JSON object token -> integer index")
     if "<cls>" not in raw:
         raise CheckpointError(f"{file}: no '<cls>' token")
@@ -247,13 +244,7 @@ def _raw_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     file = folder / COMPOSER
     if not file.is_file():
         raise CheckpointError(f"{folder}: no weights ({SAFETENSORS} or {COMPOSER})")
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused: objects other than tensors and plain values
-        raise CheckpointError(
-            f"{file}: cannot be read with torch.load(weights_only=True) ({err.__class__.__name__});"
-            f" export its weights to {SAFETENSORS}"
-        ) from None
+    raw = load_weights_only(file, f"export its weights to {SAFETENSORS}")
     try:
         return raw["state"]["model"], file
     except (KeyError, TypeError):

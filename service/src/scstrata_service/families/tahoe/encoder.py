@@ -14,52 +14,15 @@ block ``k``, ``L`` = output of the last block after ``transformer_encoder.norm``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scstrata_service.families.tahoe.checkpoint import TahoeConfig
 from scstrata_service.runtime.attention import PackedLayout, packed_attention
-from scstrata_service.runtime.pooling import GeneTokens, cell_of_tokens, segment_mean
+from scstrata_service.runtime.modules import ExpressionEncoder, GeneEncoder, resolve_activation
+from scstrata_service.runtime.pooling import ClsFirstPooler
 
 POOLINGS = ("official", "cls", "mean")
-
-
-def resolve_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An activation by its torch.nn.functional name, as upstream resolves it (gelu = exact)."""
-    if name == "quick_gelu":
-        return lambda x: x * torch.sigmoid(1.702 * x)
-    return getattr(F, name)
-
-
-class GeneEncoder(nn.Module):
-    def __init__(self, vocab_size: int, dim: int, use_norm: bool):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim)
-        self.enc_norm = nn.LayerNorm(dim) if use_norm else None
-
-    def forward(self, genes: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(genes)
-        return self.enc_norm(x) if self.enc_norm is not None else x
-
-
-class ExpressionEncoder(nn.Module):
-    """Scalar value -> vector: linear -> activation -> linear (-> norm), value clamped above."""
-
-    def __init__(self, dim: int, activation: str, use_norm: bool, max_value: float):
-        super().__init__()
-        self.linear1 = nn.Linear(1, dim)
-        self.linear2 = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim) if use_norm else None
-        self.activation = resolve_activation(activation)
-        self.max_value = max_value
-
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        x = values.clamp(max=self.max_value).unsqueeze(-1)
-        x = self.linear2(self.activation(self.linear1(x)))
-        return self.norm(x) if self.norm is not None else x
 
 
 class SelfAttention(nn.Module):
@@ -136,10 +99,6 @@ class TahoeEncoder(nn.Module):
         self.transformer_encoder = TransformerStack(config)
 
     @property
-    def n_layers(self) -> int:
-        return self.config.n_layers
-
-    @property
     def blocks(self) -> nn.ModuleList:
         return self.transformer_encoder.layers
 
@@ -153,31 +112,6 @@ class TahoeEncoder(nn.Module):
         """Layer 0: gene embedding + expression embedding (kept in fp32)."""
         return self.gene_encoder(token_ids) + self.expression_encoder(values)
 
-    def pooler(self, layout: PackedLayout) -> CellPooler:
-        return CellPooler(layout, self.config.cell_emb_style)
-
-
-class CellPooler:
-    """Tahoe-X1's poolings over packed cells whose first token is ``<cls>``."""
-
-    def __init__(self, layout: PackedLayout, cell_emb_style: str):
-        self.style = cell_emb_style
-        self.n_cells = layout.n_cells
-        self.cls_index = layout.offsets[:-1]
-        self.layout = layout
-        self.genes = GeneTokens(layout, head=1)
-
-    def one(self, pooling: str, x: torch.Tensor) -> torch.Tensor:
-        if pooling == "cls":
-            return x[self.cls_index].float()
-        if pooling == "mean":
-            return self.genes.mean(x)
+    def pooler(self, layout: PackedLayout) -> ClsFirstPooler:
         # "official": the model's cell_emb_style, then the official extractor's L2 norm
-        if self.style == "cls":
-            cell = x[self.cls_index].float()
-        else:  # avg-pool: every token of the cell, <cls> included
-            cell = segment_mean(x, cell_of_tokens(self.layout), self.n_cells)
-        return F.normalize(cell, dim=1)
-
-    def __call__(self, poolings: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {p: self.one(p, x) for p in poolings}
+        return ClsFirstPooler(layout, official=self.config.cell_emb_style)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import yaml
 
+from scstrata_service.demo_weights import RandomTensors
 from scstrata_service.families.tahoe.checkpoint import (
     COLLATOR_CONFIG,
     COMPOSER,
@@ -146,26 +147,9 @@ def _weights(
     use_chem_token: bool,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * scale
-
-    def linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict:
-        out = {f"{prefix}.weight": randn(n_out, n_in, scale=n_in**-0.5)}
-        if bias:
-            out[f"{prefix}.bias"] = randn(n_out, scale=0.1)
-        return out
-
-    def norm(prefix: str, dim: int) -> dict:
-        return {
-            f"{prefix}.weight": 1 + randn(dim, scale=0.1),
-            f"{prefix}.bias": randn(dim, scale=0.1),
-        }
-
-    w = {"gene_encoder.embedding.weight": randn(vocab_size, d)}
-    w |= norm("gene_encoder.enc_norm", d)
-    w["flag_encoder.weight"] = randn(2, d)
-    w |= linear("expression_encoder.linear1", 1, d) | linear("expression_encoder.linear2", d, d)
-    w |= norm("expression_encoder.norm", d)
+    r = RandomTensors(generator)
+    linear, norm = r.linear, r.norm
+    w = r.gene_value_encoders("gene_encoder", "expression_encoder", vocab_size, d)
     for i in range(n_layers):
         p = f"transformer_encoder.layers.{i}"
         w |= linear(f"{p}.self_attn.Wqkv", d, d + 2 * kv_width)
@@ -177,7 +161,7 @@ def _weights(
     w |= linear("expression_decoder.out_proj", d, 1)
     w |= linear("mvc_decoder.gene2query", d, d) | linear("mvc_decoder.W", d, d, bias=False)
     if use_chem_token:
-        w["chem_encoder.embedding.weight"] = randn(N_DRUGS, FP_DIM)
+        w["chem_encoder.embedding.weight"] = r.randn(N_DRUGS, FP_DIM)
         w |= linear("chem_encoder.fc", FP_DIM, d) | linear("chem_encoder.proj", d, d)
         w |= norm("chem_encoder.norm", d)
     return {f"model.{k}": v.contiguous() for k, v in w.items()}

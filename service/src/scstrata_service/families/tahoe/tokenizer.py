@@ -16,7 +16,6 @@ upstream's ``bucketize``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
@@ -27,9 +26,15 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells, listed
+from scstrata_service.cell_sampling import cell_generator, random_subset, top_expressed
+from scstrata_service.contract import FamilyOptions, InputError, TokenizedCells
 from scstrata_service.families.tahoe.checkpoint import CollatorConfig
-from scstrata_service.gene_mapping import GeneColumns, mapped_nonzeros
+from scstrata_service.gene_mapping import (
+    GeneColumns,
+    expressed,
+    require_expressed,
+    require_known_genes,
+)
 
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
 
@@ -82,20 +87,6 @@ class TahoeTokenizer:
             found = self.index.get(versioned.group(1)) if versioned else None
         return -1 if found is None else found
 
-    def expressed(
-        self, counts: sp.csr_matrix, columns: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-cell offsets, gene ids and values of the expressed known genes, column order."""
-        counts = sp.csr_matrix(counts)
-        if not counts.has_sorted_indices:
-            counts = counts.sorted_indices()  # a copy: the caller's matrix is left alone
-        row_of = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        ids = columns[counts.indices]
-        keep = (ids >= 0) & (counts.data > 0)
-        n = np.bincount(row_of[keep], minlength=counts.shape[0])
-        offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
-        return offsets, ids[keep], counts.data[keep].astype(np.float32)
-
     def max_length(self, opts: TahoeOptions) -> int:
         keep = self.collator.keep_first_n_tokens
         if opts.max_length is not None and opts.max_length <= keep:
@@ -107,19 +98,14 @@ class TahoeTokenizer:
     def check(self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping) -> None:
         self.max_length(TahoeOptions.parse(options))
         columns, _ = self.map_genes(genes)
-        if not (columns >= 0).any():
-            example = sorted(self.index)[:2]
-            raise InputError(
-                f"genes: none of the {len(genes)} genes is in this Tahoe-X1 model's "
-                f"vocabulary of {self.n_genes:,} genes; send its gene ids (e.g. {example}; "
-                "Ensembl ids for the releases), not gene symbols"
-            )
-        empty = np.flatnonzero(mapped_nonzeros(counts, columns) == 0)
-        if len(empty):
-            raise InputError(
-                f"cells: {len(empty)} cell(s) express none of the model's genes, so Tahoe-X1 has "
-                f"nothing to embed: rows [{listed(empty)}]. Drop these cells (or send more genes)."
-            )
+        require_known_genes(
+            genes,
+            columns,
+            f"this Tahoe-X1 model's vocabulary of {self.n_genes:,} genes",
+            f"send its gene ids (e.g. {sorted(self.index)[:2]}; Ensembl ids for the releases), "
+            "not gene symbols",
+        )
+        require_expressed(counts, columns, "Tahoe-X1")
 
     def encode_values(self, values: np.ndarray) -> np.ndarray:
         """The collator's value transform of one cell's (non-kept) expressed values."""
@@ -140,15 +126,10 @@ class TahoeTokenizer:
     ) -> np.ndarray:
         """Positions (ascending) of ``n_keep`` of a cell's subsampled genes."""
         if opts.subsample == "top":
-            ranked = np.lexsort((ids, -raw.astype(np.float64)))
-            return np.sort(ranked[:n_keep])
+            return top_expressed(ids, raw, n_keep)
         canonical = np.argsort(ids, kind="stable")  # by vocabulary index
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(np.int64(opts.seed).tobytes())
-        digest.update(ids[canonical].astype(np.int64).tobytes())
-        digest.update(raw[canonical].astype(np.float32).tobytes())
-        rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
-        return np.sort(canonical[rng.choice(len(ids), n_keep, replace=False)])
+        rng = cell_generator(opts.seed, ids[canonical], raw[canonical])
+        return random_subset(rng, canonical, n_keep)
 
     def tokenize(
         self, counts: sp.csr_matrix, genes: Sequence[str], options: Mapping
@@ -158,24 +139,18 @@ class TahoeTokenizer:
         max_length = self.max_length(opts)
         fixed = c.keep_first_n_tokens - 1  # genes after <cls> left as they are (see docs)
         columns, unmapped = self.map_genes(genes)
-        offsets, ids, raw = self.expressed(counts, columns)
-        out_ids, out_values, lengths = [], [], []
+        offsets, ids, raw = expressed(counts, columns, positive_only=True)
+        cell_ids, cell_values = [], []
         for s, e in pairwise(offsets):
-            cell_ids, cell_raw = ids[s:e], raw[s:e]
-            values = cell_raw.copy()
-            values[fixed:] = self.encode_values(cell_raw[fixed:])
-            if 1 + len(cell_ids) > max_length:
+            kept, kept_raw = ids[s:e], raw[s:e]
+            values = kept_raw.copy()
+            values[fixed:] = self.encode_values(kept_raw[fixed:])
+            if 1 + len(kept) > max_length:
                 rest = fixed + self.choose(
-                    cell_ids[fixed:], cell_raw[fixed:], max_length - 1 - fixed, opts
+                    kept[fixed:], kept_raw[fixed:], max_length - 1 - fixed, opts
                 )
-                picked = np.concatenate([np.arange(min(fixed, len(cell_ids))), rest])
-                cell_ids, values = cell_ids[picked], values[picked]
-            out_ids += [[self.cls_id], cell_ids]
-            out_values += [[c.pad_value], values]
-            lengths.append(1 + len(cell_ids))
-        return TokenizedCells(
-            token_ids=np.concatenate(out_ids or [[]]).astype(np.int64),
-            values=np.concatenate(out_values or [[]]).astype(np.float32),
-            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            unmapped_genes=list(unmapped),
-        )
+                picked = np.concatenate([np.arange(min(fixed, len(kept))), rest])
+                kept, values = kept[picked], values[picked]
+            cell_ids.append(np.concatenate([[self.cls_id], kept]))
+            cell_values.append(np.concatenate([[c.pad_value], values]))
+        return TokenizedCells.from_cells(cell_ids, cell_values, unmapped)
