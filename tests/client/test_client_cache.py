@@ -140,8 +140,11 @@ def test_data_digest_depends_on_values_and_genes_not_on_storage_details():
     assert digest_chunk(canonical_csr(sp.csr_matrix(dense)), digest_genes(["a", "b", "d"])) != plain
 
 
-def _cached_client(fake, tmp_path, **kwargs):
-    return fake.client(cache=True, cache_dir=tmp_path, chunk_size=3, **kwargs)
+def _cached_client(fake, tmp_path, chunk_size=3, block_rows=3, **kwargs):
+    """A client whose cache entries are blocks of ``block_rows`` rows (256 by default)."""
+    client, transport = fake.client(cache=True, cache_dir=tmp_path, chunk_size=chunk_size, **kwargs)
+    client.cache.block_rows = block_rows
+    return client, transport
 
 
 def test_a_second_run_is_served_from_the_cache(tmp_path, counts, gene_names):
@@ -255,7 +258,8 @@ def test_cache_location_and_switch(tmp_path, monkeypatch, counts, gene_names):
     client, _ = fake.client(cache=True, chunk_size=3)  # the directory from the environment
     with client:
         client.embed(counts, gene_names, model="scfoundation", layers=[0, 1])
-    assert len(_files(tmp_path / "env")) == 3 + 1  # a file per chunk (all its layers), + genes
+    # one file per block of up to 256 cells (all its layers; 7 cells: one), + the genes' record
+    assert len(_files(tmp_path / "env")) == 1 + 1
 
 
 def test_the_size_limit_holds_after_a_run(tmp_path, counts, gene_names):
@@ -293,3 +297,43 @@ def test_more_layers_of_a_cached_chunk_rewrite_its_one_entry(tmp_path, counts, g
     assert len(fake.embed_bodies) == 6  # the third call came from the cache
     assert len([p for p in _files(tmp_path) if p.suffix == ".npz"]) == 3
     np.testing.assert_array_equal(both[7][:, 1], np.full(7, 7.0))
+
+
+@pytest.mark.parametrize("second_chunk_size", [1, 2, 4, 7])
+def test_a_rerun_with_another_chunk_size_is_served_from_the_cache(
+    tmp_path, counts, gene_names, second_chunk_size
+):
+    fake = FakeService()
+    client, _ = _cached_client(fake, tmp_path, chunk_size=3, block_rows=2)
+    with client:
+        first = client.embed(counts, gene_names, model="scfoundation", layers=[0, 4])
+    assert len(fake.embed_bodies) == 3
+    assert len([p for p in _files(tmp_path) if p.suffix == ".npz"]) == 4  # blocks of 2 rows
+
+    again = FakeService()
+    client, _ = _cached_client(again, tmp_path, chunk_size=second_chunk_size, block_rows=2)
+    with client:
+        second = client.embed(counts, gene_names, model="scfoundation", layers=[0, 4])
+    assert again.embed_bodies == []  # every chunk of the new size lies in cached blocks
+    for k in (0, 4):
+        np.testing.assert_array_equal(second[k], first[k])
+
+
+def test_a_block_is_cached_once_every_chunk_over_it_came_back(tmp_path, counts, gene_names):
+    """Chunks of 2 rows over blocks of 3: a block straddling a failed chunk is not cached, and
+    the rerun (chunks of 4) asks only for the chunks that overlap it."""
+    failing = FakeService(failures={3: httpx.ConnectError("connection reset")})
+    client, _ = _cached_client(failing, tmp_path, chunk_size=2, max_retries=0, max_concurrency=1)
+    with client, pytest.raises(TransportError):
+        client.embed(counts, gene_names, model="scfoundation", layers="all")
+    # rows 0-3 came back (chunks 0, 1): block 0 (rows 0-2) is cached, block 1 (3-5) is not
+    assert len([p for p in _files(tmp_path) if p.suffix == ".npz"]) == 1
+
+    fake = FakeService()
+    client, _ = _cached_client(fake, tmp_path, chunk_size=4)
+    with client:
+        result = client.embed(counts, gene_names, model="scfoundation", layers="all")
+    # chunk 0 (rows 0-3) overlaps block 1, chunk 1 (rows 4-6) blocks 1 and 2: both are sent
+    assert sorted(b["items"][0]["cells"]["shape"][0] for b in fake.embed_bodies) == [3, 4]
+    np.testing.assert_allclose(result[7][:, 0], counts.sum(axis=1))
+    assert len([p for p in _files(tmp_path) if p.suffix == ".npz"]) == 3

@@ -164,3 +164,27 @@ def test_a_zarr_output_streams_the_layers_and_refuses_another_run(
     other = [a if a != "0,-1" else "all" for a in argv]
     assert main(other) == 1
     assert "refusing to mix results" in capsys.readouterr().err
+
+
+def test_a_zarr_output_takes_the_counts_layer(
+    service_url, tiny_backend, h5ad_file, tmp_path, capsys
+):
+    from scstrata_client.store import read_store
+
+    path, counts, genes = h5ad_file
+    adata = ad.read_h5ad(path)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X * 3  # not the counts: a run reading X would not match
+    adata.write_h5ad(path)
+    out = tmp_path / "layers.zarr"
+    argv = ["embed", "--url", service_url, "--model", "scf", "--layers", "-1", "--no-cache",
+            "--counts-layer", "counts", str(path), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().err
+    expected = _expected(tiny_backend, counts, genes, [3], "official")
+    np.testing.assert_allclose(read_store(out).to_numpy(3), expected[3], **TOL)
+
+    wrong = [a if a != "counts" else "raw" for a in argv]
+    assert main(wrong) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no layer 'raw' (has: counts)" in err

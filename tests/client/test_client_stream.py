@@ -61,6 +61,34 @@ def test_the_store_equals_the_in_memory_result(tmp_path, kind):
     assert len(fake.embed_bodies) == 2 * 8
 
 
+@pytest.mark.parametrize("suffix", ["h5ad", "zarr"])
+def test_a_counts_layer_and_gene_column_of_a_file_are_read_a_chunk_at_a_time(tmp_path, suffix):
+    cells = _cells()
+    adata = ad.AnnData(
+        X=sp.csr_matrix(cells.shape, dtype=np.float32),  # X holds no counts: the layer does
+        var=pd.DataFrame({"symbol": GENES}, index=[f"ENSG{i}" for i in range(len(GENES))]),
+    )
+    adata.layers["counts"] = cells
+    path = tmp_path / f"cells.{suffix}"
+    adata.write_zarr(path) if suffix == "zarr" else adata.write_h5ad(path)
+    fake = FakeService()
+    client, _ = fake.client(chunk_size=7)
+    with client:
+        memory = client.embed(cells, GENES, model=MODEL, layers=[0, -1])
+        store = client.embed(
+            path, model=MODEL, layers=[0, -1], out=tmp_path / "l.zarr",
+            counts_layer="counts", gene_column="symbol",
+        )  # fmt: skip
+        with pytest.raises(ValueError, match=r"counts_layer: .* no layer 'raw' \(has: counts\)"):
+            client.embed(path, model=MODEL, out=tmp_path / "x.zarr", counts_layer="raw")
+        with pytest.raises(ValueError, match=r"gene_column: .* no var column 'name'"):
+            client.embed(path, model=MODEL, out=tmp_path / "x.zarr", gene_column="name")
+    assert store.complete
+    for k in (0, 12):
+        np.testing.assert_array_equal(store.to_numpy(k), memory[k])
+    assert all(b["items"][0]["genes"] == GENES for b in fake.embed_bodies)
+
+
 def test_async_client_streams_the_same_store(tmp_path):
     cells = _cells()
     fake = FakeService()

@@ -74,10 +74,11 @@ def test_a_size_below_one_names_the_argument(name):
         )
 
 
-def test_a_counts_layer_is_refused_with_the_fix(tmp_path):
+def test_a_missing_counts_layer_is_named_before_anything_runs(tmp_path):
     adata = ad.AnnData(np.ones((2, 2), dtype=np.float32))
+    adata.layers["counts"] = adata.X
     adata.write_h5ad(tmp_path / "a.h5ad")
-    with pytest.raises(ValueError, match="write the counts layer to X"):
+    with pytest.raises(ValueError, match=r"counts_layer: .* no layer 'raw' \(has: counts\)"):
         embed_on_dask(
             NOWHERE,
             tmp_path / "a.h5ad",
@@ -241,8 +242,10 @@ def test_the_store_equals_the_single_process_result(
 
 
 def test_a_file_input_is_read_by_the_workers(dask_client, replicas, cells, reference, tmp_path):
+    """From the counts layer of the file (X holds other values: reading X would not match)."""
     counts, genes = cells
-    adata = ad.AnnData(counts.astype(np.float32))
+    adata = ad.AnnData(counts.astype(np.float32) * 3)
+    adata.layers["counts"] = counts.astype(np.float32)
     adata.var_names = genes
     adata.write_h5ad(tmp_path / "cells.h5ad")
     urls, _ = replicas
@@ -252,6 +255,7 @@ def test_a_file_input_is_read_by_the_workers(dask_client, replicas, cells, refer
         model="scf",
         out=tmp_path / "from-file.zarr",
         urls=urls[:1],
+        counts_layer="counts",
         pooling=POOLING,
         chunk_size=CHUNK,
         chunks_per_task=12,

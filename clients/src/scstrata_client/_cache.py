@@ -1,17 +1,20 @@
-"""An on-disk cache of chunk results: one ``.npz`` per (chunk, model, pooling), holding every
-layer fetched for that chunk and a checksum of them.
+"""An on-disk cache of results: one ``.npz`` per block of rows (and model, pooling), holding
+every layer fetched for those rows and a checksum of them.
 
-A key digests everything the embedding depends on: the chunk's cells (its canonical CSR
+A block is ``block_rows`` consecutive cells (256), counted from the input's first cell,
+whatever the ``chunk_size`` of the run: a run with another chunk size reads the same entries (a
+chunk is sent only for the layers some block it overlaps lacks), and an entry is written once
+every chunk that overlaps its block has come back.
+
+A key digests everything the embedding depends on: the block's cells (their canonical CSR
 arrays) and gene names, the model's name and card (whose ``checkpoint_digest`` names the
 weights; the whole card is digested, so that any field a service adds to it, such as a code
 version, also separates results), the options and the pooling. The layers are not in the key:
-an entry holds the layers fetched so far, and a later call that needs more layers of the chunk
-asks for those alone and rewrites the entry with all of them. Keying chunks rather than whole
-inputs is what lets an interrupted run resume: every chunk that came back before the
-interruption is on disk.
-Chunk boundaries depend on ``chunk_size``, so a run with another ``chunk_size`` starts
-afresh. (A streamed run, ``embed(out=...)``, keeps its results in its zarr store instead, which
-it resumes from, and does not use this cache.)
+an entry holds the layers fetched so far, and a later call that needs more layers of the block
+asks for those alone and rewrites the entry with all of them. Keying blocks rather than whole
+inputs is what lets an interrupted run resume: every block whose chunks came back before the
+interruption is on disk. (A streamed run, ``embed(out=...)``, keeps its results in its zarr
+store instead, which it resumes from, and does not use this cache.)
 
 Each entry stores the sha256 of its arrays; an entry whose bytes no longer match (a flipped
 bit on disk, a truncated copy) is dropped with a warning and fetched again, never returned.
@@ -42,6 +45,9 @@ logger = logging.getLogger("scstrata_client")
 
 CACHE_DIR_ENV = "SCSTRATA_CACHE_DIR"
 DEFAULT_MAX_BYTES = 20 * 2**30
+# Rows per entry: the default chunk_size, so that a default run writes one file per chunk (and
+# entries of the former one-file-per-chunk layout, at that chunk size, are still found).
+DEFAULT_BLOCK_ROWS = 256
 # Evicting down to a little below the limit means the next few writes need no new scan.
 _EVICT_TO = 0.9
 # A temporary file this old was left by a process killed mid-write.
@@ -96,7 +102,7 @@ def result_key(
     options_digest: str,
     pooling: str,
 ) -> str:
-    """The key of one chunk's entry (every layer of it that was fetched)."""
+    """The key of one block's entry (every layer of it that was fetched)."""
     parts = [_VERSION, data_digest, model, card_digest, options_digest, pooling]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -122,11 +128,20 @@ class ChunkCache:
     (evicted by another process) or cannot be read is a miss.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ):
         if max_bytes < 0:
             raise ValueError(f"cache_max_bytes: must be non-negative, got {max_bytes}")
+        if block_rows < 1:
+            raise ValueError(f"block_rows: must be at least 1, got {block_rows}")
         self.directory = Path(directory).expanduser()
         self.max_bytes = int(max_bytes)
+        self.block_rows = int(block_rows)
+        """Rows per entry, counted from an input's first cell (independent of chunk_size)."""
         self._root = self.directory / _VERSION
         self._size: int | None = None  # bytes on disk, scanned lazily, then kept up to date
         self._lock = threading.Lock()
@@ -180,7 +195,7 @@ class ChunkCache:
         return dict(sorted(layers.items()))
 
     def put(self, key: str, layers: Mapping[int, np.ndarray]) -> None:
-        """Store every layer of one chunk (replacing what the entry held)."""
+        """Store every layer of one block (replacing what the entry held)."""
         arrays = {
             f"{_LAYER}{int(k)}": np.ascontiguousarray(a, dtype=np.float32)
             for k, a in layers.items()

@@ -102,7 +102,9 @@ def select_counts(
     if counts_layer is None and gene_column is None:
         return X, genes
     if not is_anndata(X):
-        raise TypeError("counts_layer and gene_column need X to be an AnnData")
+        raise TypeError(
+            "counts_layer and gene_column need X to be an AnnData (or a path to an .h5ad or .zarr)"
+        )
     adata = X
     if gene_column is not None:
         if gene_column not in adata.var.columns:

@@ -2,10 +2,10 @@
 
 ``InMemoryRows`` holds a CSR matrix (what ``as_csr`` makes of AnnData, SciPy or NumPy input).
 ``LazyRows`` reads rows from a file only when a chunk is sent: an AnnData opened with
-``backed="r"``, or a path to an ``.h5ad`` file or an AnnData ``.zarr`` store (``X`` read
-through anndata's ``sparse_dataset``, or as a dense array). Either way a chunk comes out canonical
-(``canonical_csr``) and checked for non-finite values, so a streamed run's memory holds the
-chunks in flight, never the whole input.
+``backed="r"``, or a path to an ``.h5ad`` file or an AnnData ``.zarr`` store (``X``, or one of
+its ``layers``, read through anndata's ``sparse_dataset``, or as a dense array). Either way a
+chunk comes out canonical (``canonical_csr``) and checked for non-finite values, so a streamed
+run's memory holds the chunks in flight, never the whole input.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._inputs import _to_csr_float32, as_csr, is_anndata
+from ._inputs import _to_csr_float32, as_csr, is_anndata, select_counts
 from ._protocol import canonical_csr
 
 
@@ -86,21 +86,39 @@ class LazyRows:
 RowSource = InMemoryRows | LazyRows
 
 
-def open_rows(X: Any, genes: Sequence[str] | None) -> RowSource:
+def open_rows(
+    X: Any,
+    genes: Sequence[str] | None = None,
+    *,
+    counts_layer: str | None = None,
+    gene_column: str | None = None,
+) -> RowSource:
     """A row source for any supported input: a path (``.h5ad``, ``.zarr``), an AnnData
-    (in memory or backed), a SciPy sparse matrix or a 2-D NumPy array."""
+    (in memory or backed), a SciPy sparse matrix, a 2-D NumPy array, or a row source itself.
+
+    ``counts_layer`` takes the counts from ``layers[counts_layer]`` and ``gene_column`` the
+    gene names from ``var[gene_column]`` (of an AnnData, or of the file at a path, whose
+    layer is then read a chunk of rows at a time like its ``X``).
+    """
+    if isinstance(X, InMemoryRows | LazyRows):
+        return X
     if isinstance(X, str | os.PathLike):
-        return _open_path(Path(X), genes)
-    if is_anndata(X) and X.isbacked:
-        names = X.var_names if genes is None else genes
-        return _lazy(X.X, names, X)
-    cells, gene_list = as_csr(X, genes)
+        return _open_path(Path(X), genes, counts_layer, gene_column)
+    if is_anndata(X) and X.isbacked and counts_layer is None:
+        # (A backed AnnData holds its layers in memory already: only X is read lazily.)
+        _, names = select_counts(X, genes, None, gene_column)
+        return _lazy(X.X, X.var_names if names is None else names, X)
+    matrix, names = select_counts(X, genes, counts_layer, gene_column)
+    cells, gene_list = as_csr(matrix, names)
     return InMemoryRows(cells, gene_list)
 
 
-def _open_path(path: Path, genes: Sequence[str] | None) -> LazyRows:
-    """Open ``X`` and ``var`` only: ``obs`` (whose index alone is ~60 bytes a cell) is never
-    read, so that memory does not grow with the cells."""
+def _open_path(
+    path: Path, genes: Sequence[str] | None, counts_layer: str | None, gene_column: str | None
+) -> LazyRows:
+    """Open the counts (``X``, or ``layers/<counts_layer>``) and ``var`` only: ``obs`` (whose
+    index alone is ~60 bytes a cell) is never read, so that memory does not grow with the
+    cells."""
     import anndata as ad
 
     if not path.exists():
@@ -115,11 +133,31 @@ def _open_path(path: Path, genes: Sequence[str] | None) -> LazyRows:
 
         group = h5py.File(path, "r")
         is_group = h5py.Group
-    if "X" not in group:
-        raise ValueError(f"X: {path}: an AnnData file has an X; this one has none")
-    node = group["X"]
+    if counts_layer is None:
+        if "X" not in group:
+            raise ValueError(f"X: {path}: an AnnData file has an X; this one has none")
+        node = group["X"]
+    else:
+        known = list(group["layers"].keys()) if "layers" in group else []
+        if counts_layer not in known:
+            raise ValueError(
+                f"counts_layer: {path} has no layer {counts_layer!r} "
+                f"(has: {', '.join(known) or 'none'})"
+            )
+        node = group["layers"][counts_layer]
     matrix = ad.io.sparse_dataset(node) if isinstance(node, is_group) else node
-    names = genes if genes is not None else ad.io.read_elem(group["var"]).index
+    names = genes
+    if names is None or gene_column is not None:
+        var = ad.io.read_elem(group["var"])
+        if gene_column is None:
+            names = var.index
+        elif gene_column not in var.columns:
+            known = ", ".join(map(str, var.columns)) or "none"
+            raise ValueError(
+                f"gene_column: {path} has no var column {gene_column!r} (has: {known})"
+            )
+        else:
+            names = var[gene_column]
     return _lazy(matrix, names, group)
 
 

@@ -58,6 +58,8 @@ class SweepSpec:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     input_path: str | None = None
     """The ``.h5ad`` / ``.zarr`` every worker reads its rows from; None: rows come with tasks."""
+    counts_layer: str | None = None
+    """The layer of ``input_path`` that holds the counts; None: its ``X``."""
 
     def __repr__(self) -> str:  # Dask shows task arguments in its dashboard: never the token
         return f"SweepSpec(store={self.store_path!r}, model={self.store.model!r}, urls={self.urls})"
@@ -112,8 +114,9 @@ def embed_on_dask(
         chunk_size: cells per store chunk and per request.
         chunks_per_task: consecutive chunks per Dask task.
         max_concurrency: requests in flight per task (chunks embedded together in process).
-        counts_layer: not for a Dask sweep (refused with a message): the workers read ``X``.
-        gene_column: for a file input, gene names from ``var[COLUMN]``.
+        counts_layer: counts from ``layers[counts_layer]`` instead of ``X`` (of a file, each
+            worker reads its rows of that layer).
+        gene_column: gene names from ``var[gene_column]``.
         progress: one bar over all workers (cells done / total, cells/s); None: only when
             stderr is a terminal or in a notebook.
     """
@@ -174,6 +177,7 @@ def embed_on_dask(
             token=token,
             max_concurrency=max_concurrency,
             input_path=input_path,
+            counts_layer=counts_layer if input_path else None,
         )
         return _run(
             dask_client, spec, store, None if input_path else rows, chunks_per_task, progress
@@ -186,30 +190,13 @@ def embed_on_dask(
 def _open_input(
     X: Any, genes: Sequence[str] | None, counts_layer: str | None, gene_column: str | None
 ) -> tuple[RowSource, str | None]:
-    """The input's rows (the driver reads only their shape and gene names from a file), and
+    """The input's rows (of a file, the driver reads only their shape and gene names), and
     the file's absolute path when the workers are to read it themselves."""
     if not isinstance(X, str | os.PathLike):
-        if counts_layer is not None or gene_column is not None:
-            raise ValueError("counts_layer, gene_column: only for a file input (X as a path)")
-        return open_rows(X, genes), None
-    if counts_layer is not None:
-        raise ValueError(
-            "counts_layer: a Dask sweep reads X of the file; write the counts layer to X of "
-            "an .h5ad or .zarr first"
-        )
+        return open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column), None
     path = Path(X).resolve()
-    if gene_column is not None:
-        genes = _var_column(path, gene_column)
-    return open_rows(path, genes), str(path)
-
-
-def _var_column(path: Path, column: str) -> list[str]:
-    import anndata as ad
-
-    var = ad.read_zarr(path).var if path.is_dir() else ad.read_h5ad(path, backed="r").var
-    if column not in var.columns:
-        raise ValueError(f"gene_column: {path} has no var column {column!r}")
-    return [str(g) for g in var[column]]
+    rows = open_rows(path, genes, counts_layer=counts_layer, gene_column=gene_column)
+    return rows, str(path)
 
 
 def _replica_card(urls: Sequence[str], model: str, token: str | None) -> ModelCard:
@@ -301,7 +288,7 @@ def _embed_task(spec: SweepSpec, chunk_ids: list[int], rows: sp.csr_matrix | Non
     store = open_store(spec.store_path, job)
     first, last = job.rows(chunk_ids[0])[0], job.rows(chunk_ids[-1])[1]
     if rows is None:
-        rows = _worker_rows(spec.input_path, spec.genes).rows(first, last)
+        rows = _worker_rows(spec.input_path, spec.genes, spec.counts_layer).rows(first, last)
     todo = []
     for i in chunk_ids:
         start, stop = job.rows(i)
@@ -323,14 +310,14 @@ def _embed_task(spec: SweepSpec, chunk_ids: list[int], rows: sp.csr_matrix | Non
     return written
 
 
-def _worker_rows(path: str | None, genes: tuple[str, ...]) -> RowSource:
+def _worker_rows(path: str | None, genes: tuple[str, ...], counts_layer: str | None) -> RowSource:
     """The input file, opened once per worker process (backed: rows are read when asked)."""
     if path is None:
         raise ValueError("a task without rows needs an input file")
     with _LOAD_LOCK:
-        key = (path, genes)
+        key = (path, genes, counts_layer)
         if key not in _INPUTS:
-            _INPUTS[key] = open_rows(path, list(genes))
+            _INPUTS[key] = open_rows(path, list(genes), counts_layer=counts_layer)
         return _INPUTS[key]
 
 
