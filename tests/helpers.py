@@ -27,6 +27,18 @@ def make_cells(vocabulary: list[str], n_cells: int = 12, n_genes: int = 400, see
     return sp.csr_matrix(dense.astype(np.float64)), genes
 
 
+def metric_total(url: str, name: str, headers: dict | None = None) -> float:
+    """The sum of a Prometheus series over its labels, as the server's /metrics shows it."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10, headers=headers).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
 def embed_item(counts, genes, **fields) -> dict:
     """A request item exactly as docs/api.md describes it."""
     counts = sp.csr_matrix(counts)

@@ -1,7 +1,8 @@
 """A fake scstrata service for httpx.MockTransport: answers like docs/api.md, fails on demand.
 
-Row i of layer k in every reply is ``[sum of cell i's counts, k, 0, ...]``, so a test can tell
-whether every cell came back once, in order, under the right layer.
+Row i of layer k in every reply is ``[sum of cell i's counts, k, p, 0, ...]`` (p: the pooling's
+place in ``dims``, 0 for "official"), so a test can tell whether every cell came back once, in
+order, under the right layer and pooling.
 """
 
 from __future__ import annotations
@@ -220,19 +221,24 @@ class FakeService:
         ]
         return httpx.Response(400, json={"error": "invalid request", "detail": detail})
 
-    def _layers(self, item: dict[str, Any]) -> dict[int, np.ndarray]:
+    def _layers(self, item: dict[str, Any], spec: dict[str, Any] | None = None) -> dict:
+        """Layer -> rows of the item's own output, or of one of its extra outputs (``spec``)."""
+        spec = spec or item
         matrix = item_matrix(item)
-        dim = self.dims[item["pooling"]]
+        dim = self.dims[spec["pooling"]]
         rows = np.zeros((matrix.shape[0], dim), dtype=np.float32)
         rows[:, 0] = np.asarray(matrix.sum(axis=1)).ravel()
+        rows[:, 2] = list(self.dims).index(spec["pooling"])
         out = {}
-        for k in resolve(item["layers"], self.n_layers):
+        for k in resolve(spec.get("layers", "all"), self.n_layers):
             rows[:, 1] = k
             out[k] = rows.copy()
         return out
 
     def _arrays(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = {f"layer_{k}": a for k, a in self._layers(item).items()}
+        for i, spec in enumerate(item.get("extra_outputs", [])):
+            arrays.update({f"extra{i}_layer_{k}": a for k, a in self._layers(item, spec).items()})
         arrays["unmapped_genes"] = np.array(["FOO"])
         arrays["n_unmapped_genes"] = np.array(1, dtype=np.int64)
         return arrays
@@ -251,6 +257,14 @@ class FakeService:
             result["npz"] = base64.b64encode(npz_bytes(self._arrays(item))).decode()
         else:
             result["layers"] = {str(k): a.tolist() for k, a in layers.items()}
+            result["extra_outputs"] = [
+                {
+                    "pooling": spec["pooling"],
+                    "dim": self.dims[spec["pooling"]],
+                    "layers": {str(k): a.tolist() for k, a in self._layers(item, spec).items()},
+                }
+                for spec in item.get("extra_outputs", [])
+            ]
         return result
 
     def client(self, **kwargs: Any) -> tuple[Client, list[float]]:

@@ -188,14 +188,6 @@ def test_auto_against_a_service_without_npz_sends_json_both_ways(counts, gene_na
     np.testing.assert_allclose(result[0][:, 0], counts.sum(axis=1))
 
 
-def test_explicit_npz_against_a_service_without_it_is_refused_before_sending(counts, gene_names):
-    fake = FakeService(supports_npz=False)
-    client, _ = fake.client(transport_format="npz", chunk_size=4)
-    with client, pytest.raises(ValueError, match=r"transport_format: .* does not offer the npz"):
-        client.embed(counts, gene_names, model="scfoundation", layers=0)
-    assert fake.embed_bodies == []
-
-
 @pytest.mark.parametrize("transport_format", ["auto", "npz"])
 def test_a_service_without_info_gets_json(counts, gene_names, transport_format):
     # An /info answered 404: a service older than it, assumed to take JSON only.

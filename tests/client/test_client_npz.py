@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from client_fakes import FakeService, npz_bytes, plan_job
 
-from scstrata_client import InvalidRequest, ProtocolError
+from scstrata_client import ProtocolError
 from scstrata_client._core import NPZ_AUTO_THRESHOLD
 from scstrata_client._protocol import RawNpz, build_item, decode_reply, parse_embed_reply
 
@@ -30,10 +30,16 @@ def test_raw_npz_reply_is_parsed_into_float32_layers():
     assert chunk.n_unmapped_genes == 2 and chunk.unmapped_genes == ["FOO", "BAR"]
 
 
-def test_extra_output_members_are_ignored():
-    arrays = _arrays() | {"extra0_layer_0": np.zeros((3, 7), dtype=np.float32)}
-    chunk = parse_embed_reply(RawNpz(npz_bytes(arrays)), 3)
+def test_extra_output_members_are_parsed_when_asked_for_and_refused_otherwise():
+    extra = np.arange(21, dtype=np.float32).reshape(3, 7)
+    arrays = _arrays() | {"extra0_layer_5": extra}
+    chunk = parse_embed_reply(RawNpz(npz_bytes(arrays)), 3, n_extra=1)
     assert list(chunk.layers) == [0, 2] and chunk.dim == 4
+    (only,) = chunk.extras
+    assert list(only) == [5]
+    np.testing.assert_array_equal(only[5], extra)
+    with pytest.raises(ProtocolError, match="asked for 0 extra outputs, the npz reply holds 1"):
+        parse_embed_reply(RawNpz(npz_bytes(arrays)), 3)
 
 
 def test_base64_npz_inside_a_json_result_is_parsed():
@@ -121,25 +127,27 @@ def test_client_gets_the_same_numbers_over_npz_and_json(counts, gene_names):
     np.testing.assert_allclose(results["npz"][12][:, 0], counts.sum(axis=1))
 
 
-def test_auto_falls_back_to_json_once_for_a_service_without_npz(counts, gene_names, caplog):
+def test_auto_uses_json_for_a_service_without_npz(counts, gene_names, caplog):
     fake = FakeService(dims={"official": 100_000}, supports_npz=False)
     client, sleeps = fake.client(chunk_size=4, max_concurrency=1)
-    with client, caplog.at_level("WARNING", logger="scstrata_client"):
+    with client, caplog.at_level("INFO", logger="scstrata_client"):
         result = client.embed(counts, gene_names, model="scfoundation", layers=0)
         result2 = client.embed(counts[:2], gene_names, model="scfoundation", layers=0)
     formats = [b["items"][0].get("format") for b in fake.embed_bodies]
-    # chunk 0: refused as npz, resent as JSON; then JSON for good, also in later calls.
-    assert formats == ["npz", None, None, None]
+    # GET /info (read once) lists no npz: JSON from the first request, also in later calls.
+    assert formats == [None, None, None]
+    assert fake.info_calls == 1
     assert sleeps == []
     assert result[0].shape == (7, 100_000) and result2[0].shape == (2, 100_000)
-    assert sum("does not accept the npz format" in r.message for r in caplog.records) == 1
+    assert sum("offers JSON only" in r.message for r in caplog.records) == 1
 
 
-def test_explicit_npz_against_a_service_without_it_raises(counts, gene_names):
+def test_explicit_npz_against_a_service_without_it_raises_before_sending(counts, gene_names):
     fake = FakeService(supports_npz=False)
     client, _ = fake.client(transport_format="npz")
-    with client, pytest.raises(InvalidRequest, match="format: Extra inputs are not permitted"):
+    with client, pytest.raises(ValueError, match=r"transport_format: .* does not offer the npz"):
         client.embed(counts, gene_names, model="scfoundation", layers=0)
+    assert fake.embed_bodies == []
 
 
 @pytest.mark.parametrize("cells_npz", [True, False])

@@ -14,22 +14,13 @@ import scipy.sparse as sp
 
 from scstrata_service.launcher import running_service
 
-from helpers import embed_item, make_cells
+from helpers import embed_item, make_cells, metric_total
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def post(url: str, item: dict, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/embed", json={"items": [item]}, timeout=120, **kwargs)
-
-
-def metric_total(url: str, name: str, headers: dict | None = None) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10, headers=headers).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
 
 
 def test_npz_result_in_json_and_as_a_raw_binary_reply(service_url, vocabulary):

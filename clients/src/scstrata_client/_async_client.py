@@ -106,23 +106,27 @@ class AsyncClient(ClientBase):
         counts_layer: str | None = None,
         gene_column: str | None = None,
         key_added: str | None = None,
-    ) -> dict[int, np.ndarray] | EmbeddingStore:
+        extra_outputs: Sequence[str | Mapping[str, Any]] | None = None,
+        min_known_genes: int | None = None,
+        min_mapped_fraction: float | None = None,
+    ) -> dict[int, np.ndarray] | EmbeddingStore | dict[str, Any]:
         """See :meth:`Client.embed`."""
         self._check_out(out, write_to)
         X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
         genes = None  # (the row source holds them)
-        job = await self._prepare(X, genes, model, layers, pooling, options, write_to)
+        fields = self._coverage_fields(min_known_genes, min_mapped_fraction)
+        job = await self._prepare(
+            X, genes, model, layers, pooling, options, write_to, extra_outputs, fields
+        )
         if out is not None:
-            written = await asyncio.to_thread(job.open_store, out)
-            async for _ in self._run(job, written):
+            await asyncio.to_thread(job.open_store, out)
+            async for _ in self._run(job):
                 pass  # every chunk goes to the store as it arrives
             self._report(job)
-            assert job.store is not None
-            return job.store
+            return self._stores(job)
         result = {k: array async for k, array in self._run(job)}
         self._report(job)
-        self._write(write_to, job, result, key_added)
-        return result
+        return self._results(job, result, write_to, key_added)
 
     async def layer(
         self,
@@ -172,6 +176,8 @@ class AsyncClient(ClientBase):
         pooling: str,
         options: Mapping[str, Any] | None,
         write_to: AnnData | None,
+        extra_outputs: Sequence[Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> EmbedJob:
         if self._cards is None:
             await self.models()
@@ -183,6 +189,8 @@ class AsyncClient(ClientBase):
             pooling=pooling,
             options=options,
             write_to=write_to,
+            extra_outputs=extra_outputs,
+            fields=fields,
         )
 
     async def _read_features(self) -> None:
@@ -195,16 +203,14 @@ class AsyncClient(ClientBase):
             info = None  # a service older than /info
         self._learn_features(info)
 
-    async def _run(
-        self, job: EmbedJob, done_cells: int = 0
-    ) -> AsyncIterator[tuple[int, np.ndarray]]:
-        done_cells += await asyncio.to_thread(job.load_cache)
+    async def _run(self, job: EmbedJob) -> AsyncIterator[tuple[int, np.ndarray]]:
+        await asyncio.to_thread(job.load_cache)
         tasks = job.tasks(self.transport_format, self._npz_ok)
         if self._wants_features(job, tasks):
             await self._read_features()
             tasks = job.tasks(self.transport_format, self._npz_ok)
         self._check_features(job)
-        bar = self._bar(job, len(tasks), done_cells)
+        bar = self._bar(job, tasks)
         # Tasks are started only as earlier ones finish, so that no more than the window's
         # replies exist at once; each is dropped once accepted.
         window = self.max_concurrency * len(self._replicas)

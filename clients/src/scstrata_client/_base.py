@@ -26,6 +26,7 @@ from ._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from ._version import __version__
 from .exceptions import ProtocolError, UnmappedGenesWarning
 from .models import ModelCard
+from .store import EmbeddingStore
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -181,6 +182,8 @@ class ClientBase:
         pooling: str,
         options: Mapping[str, Any] | None,
         write_to: AnnData | None,
+        extra_outputs: Sequence[Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> EmbedJob:
         job = EmbedJob.plan(
             X,
@@ -192,6 +195,8 @@ class ClientBase:
             chunk_size=self.chunk_size,
             card=self._card(model),
             cache=self.cache,
+            extra_outputs=extra_outputs,
+            fields=fields,
         )
         if write_to is not None and write_to.n_obs != job.n_cells:
             raise ValueError(
@@ -199,6 +204,28 @@ class ClientBase:
                 "pass the AnnData the counts came from"
             )
         return job
+
+    @staticmethod
+    def _coverage_fields(
+        min_known_genes: int | None, min_mapped_fraction: float | None
+    ) -> dict[str, Any]:
+        """The item fields of the service's gene checks that the caller set (docs/api.md)."""
+        fields: dict[str, Any] = {}
+        if min_known_genes is not None:
+            if not _is_int(min_known_genes) or min_known_genes < 0:
+                raise ValueError(
+                    f"min_known_genes: expected a count of genes >= 0, got {min_known_genes!r}"
+                )
+            fields["min_known_genes"] = int(min_known_genes)
+        if min_mapped_fraction is not None:
+            if not isinstance(min_mapped_fraction, int | float) or not (
+                0 <= min_mapped_fraction <= 1
+            ):
+                raise ValueError(
+                    f"min_mapped_fraction: expected a share in 0..1, got {min_mapped_fraction!r}"
+                )
+            fields["min_mapped_fraction"] = float(min_mapped_fraction)
+        return fields
 
     @staticmethod
     def _check_layer(layer: Any) -> int:
@@ -260,13 +287,23 @@ class ClientBase:
             return self.progress
         return None if n_chunks > 1 else False
 
-    def _bar(self, job: EmbedJob, n_tasks: int, cached_cells: int) -> tqdm:
+    def _bar(self, job: EmbedJob, tasks: list[ChunkTask]) -> tqdm:
+        """Cells done out of all; the cells no request is needed for (cached, or in the
+        store already) count as done from the start."""
+        n_tasks = len(tasks)
         return tqdm(
             total=job.n_cells,
-            initial=cached_cells,
+            initial=job.n_cells - sum(t.n_cells for t in tasks),
             disable=_tqdm_disable(self._show_progress(n_tasks)),
             unit="cell",
             unit_scale=True,
+            # Replies come in bursts (several chunks in flight finish together, after a wait as
+            # long as a chunk takes): the rate is the average since the start (smoothing=0), not
+            # a moving average of bursts, so the ETA holds; every reply is shown as it arrives
+            # (tqdm would otherwise skip redraws after a burst)
+            smoothing=0,
+            miniters=1,
+            mininterval=0,
             desc=f"{job.model} ({n_tasks} chunk{'s' if n_tasks != 1 else ''})",
         )
 
@@ -284,6 +321,30 @@ class ClientBase:
                 UnmappedGenesWarning,
                 stacklevel=4,
             )
+
+    @staticmethod
+    def _stores(job: EmbedJob) -> EmbeddingStore | dict[str, EmbeddingStore]:
+        """A streamed run's store; with extra outputs, each pooling's, by pooling."""
+        stores = {j.pooling: j.store for j in job.outputs if j.store is not None}
+        assert len(stores) == len(job.outputs)
+        return stores if job.extra else stores[job.pooling]
+
+    def _results(
+        self,
+        job: EmbedJob,
+        layers: dict[int, np.ndarray],
+        write_to: AnnData | None,
+        key_added: str | None,
+    ) -> dict[int, np.ndarray] | dict[str, dict[int, np.ndarray]]:
+        """``layers`` (the call's pooling); with extra outputs, every pooling's, by pooling,
+        each written to ``write_to`` under keys of its own."""
+        if not job.extra:
+            self._write(write_to, job, layers, key_added)
+            return layers
+        results = {job.pooling: layers, **{x.pooling: x.result() for x in job.extra}}
+        for output in job.outputs:
+            self._write(write_to, output, results[output.pooling], key_added)
+        return results
 
     def _write(
         self,

@@ -64,8 +64,10 @@ class Client(ClientBase):
             in all, longer than a service restart.
         backoff: the first retry's base delay in seconds; it doubles at each retry, with
             random jitter, and a ``Retry-After`` header lengthens it.
-        progress: show a progress bar over cells. ``None`` shows one only when stderr is a
-            terminal and more than one request is needed.
+        progress: show a progress bar over cells (``tqdm.auto``: a bar on a terminal, a
+            widget in a notebook), moved by each reply's cells as it arrives. ``None`` shows
+            one when more than one request is needed, unless stderr goes to a file or a log;
+            ``False`` prints nothing.
         cache: keep each chunk's result on disk, so that a repeated or interrupted run sends
             only what is missing. ``False`` disables it.
         cache_dir: the cache's folder (default ``$SCSTRATA_CACHE_DIR``, else
@@ -146,7 +148,10 @@ class Client(ClientBase):
         counts_layer: str | None = None,
         gene_column: str | None = None,
         key_added: str | None = None,
-    ) -> dict[int, np.ndarray] | EmbeddingStore:
+        extra_outputs: Sequence[str | Mapping[str, Any]] | None = None,
+        min_known_genes: int | None = None,
+        min_mapped_fraction: float | None = None,
+    ) -> dict[int, np.ndarray] | EmbeddingStore | dict[str, Any]:
         """Embed cells with ``model``; return ``{layer index: float32 array (cells x dim)}``,
         or with ``out``, the ``EmbeddingStore`` the layers were streamed into.
 
@@ -176,6 +181,17 @@ class Client(ClientBase):
                 ``var[gene_column]``.
             key_added: the obsm key stem for ``write_to`` (``<key_added>_layer<k>``), as
                 scanpy's ``key_added``; default ``X_<model>``.
+            extra_outputs: more poolings of the same cells from the same forward pass: pooling
+                names (at ``layers``), or ``{"pooling": "mean", "layers": [0, -1]}``. The
+                result is then ``{pooling: {layer: array}}``, the call's pooling included (with
+                ``out``, ``{pooling: EmbeddingStore}``, one ``<model>/<pooling>`` group each;
+                with ``write_to``, one obsm key per pooling and layer).
+            min_known_genes: the fewest of the model's genes the cells must carry, else the
+                service refuses them (400): default the server's (5,000, or half a smaller
+                panel), which a gene subset such as 2,000 HVGs is under. Lower it for a
+                targeted panel.
+            min_mapped_fraction: the least share of the counts on genes the model knows,
+                else a 400 (default the server's, 0.5).
 
         Cells are sent ``chunk_size`` at a time, ``max_concurrency`` chunks at once, and
         reassembled in input order; results already in the cache are not asked for again.
@@ -184,18 +200,19 @@ class Client(ClientBase):
         self._check_out(out, write_to)
         X = open_rows(X, genes, counts_layer=counts_layer, gene_column=gene_column)
         genes = None  # (the row source holds them)
-        job = self._prepare(X, genes, model, layers, pooling, options, write_to)
+        fields = self._coverage_fields(min_known_genes, min_mapped_fraction)
+        job = self._prepare(
+            X, genes, model, layers, pooling, options, write_to, extra_outputs, fields
+        )
         if out is not None:
-            written = job.open_store(out)
-            for _ in self._run(job, written):
+            job.open_store(out)
+            for _ in self._run(job):
                 pass  # every chunk goes to the store as it arrives
             self._report(job)
-            assert job.store is not None
-            return job.store
+            return self._stores(job)
         result = dict(self._run(job))
         self._report(job)
-        self._write(write_to, job, result, key_added)
-        return result
+        return self._results(job, result, write_to, key_added)
 
     def layer(
         self,
@@ -256,6 +273,8 @@ class Client(ClientBase):
         pooling: str,
         options: Mapping[str, Any] | None,
         write_to: AnnData | None,
+        extra_outputs: Sequence[Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> EmbedJob:
         if self._cards is None:
             self.models()  # once per client: layer count, dimensions, checkpoint digest
@@ -267,6 +286,8 @@ class Client(ClientBase):
             pooling=pooling,
             options=options,
             write_to=write_to,
+            extra_outputs=extra_outputs,
+            fields=fields,
         )
 
     def _read_features(self) -> None:
@@ -279,14 +300,14 @@ class Client(ClientBase):
             info = None  # a service older than /info
         self._learn_features(info)
 
-    def _run(self, job: EmbedJob, done_cells: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        done_cells += job.load_cache()
+    def _run(self, job: EmbedJob) -> Iterator[tuple[int, np.ndarray]]:
+        job.load_cache()
         tasks = job.tasks(self.transport_format, self._npz_ok)
         if self._wants_features(job, tasks):
             self._read_features()
             tasks = job.tasks(self.transport_format, self._npz_ok)
         self._check_features(job)
-        bar = self._bar(job, len(tasks), done_cells)
+        bar = self._bar(job, tasks)
         cancel = threading.Event()
         mark = self._replicas.start_run()
         try:

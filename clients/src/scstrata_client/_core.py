@@ -61,6 +61,15 @@ NPZ_AUTO_NNZ_THRESHOLD = 100_000
 
 
 @dataclass(frozen=True)
+class OutputTask:
+    """One more (pooling, layers) set a request asks for: the job's output ``output``."""
+
+    output: int
+    layers: int | list[int] | Literal["all"]
+    expected: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
 class ChunkTask:
     """One request to send: chunk ``index`` (rows ``start:stop``) for ``layers``."""
 
@@ -74,6 +83,10 @@ class ChunkTask:
     format: TransportFormat = "json"
     cells_npz: bool = False
     """Send the cells as the binary ``cells_npz`` field (with the npz transport)."""
+    main: int = 0
+    """Whose layers ``layers`` are: the job's output 0 (the call's pooling) or extra output i."""
+    extras: tuple[OutputTask, ...] = ()
+    """Further outputs the request asks for, as its ``extra_outputs``, from the same pass."""
 
     @property
     def n_cells(self) -> int:
@@ -122,6 +135,8 @@ class EmbedJob:
     _genes_digest: str | None = field(default=None, repr=False)
     extra: list[EmbedJob] = field(default_factory=list)
     """Jobs for the ``extra_outputs``: other poolings of the same cells, from the same pass."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Further item fields every request carries (``min_known_genes``, ...)."""
 
     @classmethod
     def plan(
@@ -136,6 +151,8 @@ class EmbedJob:
         chunk_size: int,
         card: ModelCard | None = None,
         cache: ChunkCache | None = None,
+        extra_outputs: Sequence[str | Mapping[str, Any]] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> EmbedJob:
         """Validate every argument locally, so that mistakes fail before any request.
 
@@ -143,6 +160,9 @@ class EmbedJob:
         by layer index) and the reply's dimension is known in advance. Without it, or when
         the card says the request is wrong (a layer out of range, an unknown pooling), the
         request is sent as it is and the service's 4xx explains; the cache is then unused.
+        Each of ``extra_outputs`` (a pooling name, or ``{"pooling", "layers"}`` with layers
+        defaulting to ``layers``) becomes a job of its own in ``extra``, over the same cells,
+        asked for in the same requests.
         """
         if not isinstance(model, str) or not model:
             raise ValueError(f"model: expected a model name (see Client.models()), got {model!r}")
@@ -151,6 +171,26 @@ class EmbedJob:
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"options: expected a dict, got {type(options).__name__}")
         source = open_rows(X, genes)
+        specs = extra_specs(extra_outputs, layers, pooling)
+        job = cls._planned(source, model, layers, pooling, options, chunk_size, card, cache)
+        job.extra = [
+            cls._planned(source, model, k, p, options, chunk_size, card, cache) for p, k in specs
+        ]
+        job.fields = dict(fields or {})
+        return job
+
+    @classmethod
+    def _planned(
+        cls,
+        source: RowSource,
+        model: str,
+        layers: Any,
+        pooling: str,
+        options: Mapping[str, Any] | None,
+        chunk_size: int,
+        card: ModelCard | None,
+        cache: ChunkCache | None,
+    ) -> EmbedJob:
         wire = normalise_layers(layers)
         wanted = dim = None
         if card is not None:
@@ -198,15 +238,33 @@ class EmbedJob:
 
     # -- cache ---------------------------------------------------------------------------------
 
-    def load_cache(self) -> int:
-        """Fill in every (row, layer) the cache holds; return the cells needing no request.
+    @property
+    def outputs(self) -> list[EmbedJob]:
+        """This job's own output (0) and its extra outputs' jobs (1...), as tasks number them."""
+        return [self, *self.extra]
 
-        Entries are blocks of ``cache.block_rows`` rows counted from the first cell, keyed by
-        their cells' content, so a run with another ``chunk_size`` finds them all the same: a
-        chunk needs no request for a layer when every block it overlaps holds that layer.
+    def done_cells(self) -> int:
+        """Cells of the chunks no output needs anything for."""
+        return sum(
+            stop - start
+            for i, (start, stop) in enumerate(self.ranges)
+            if all(job.missing(i) == [] for job in self.outputs)
+        )
+
+    def load_cache(self) -> int:
+        """Fill in every (row, layer) the cache holds, for every output; return the cells
+        needing no request."""
+        for job in self.outputs:
+            job._load_cache()
+        return self.done_cells()
+
+    def _load_cache(self) -> None:
+        """Entries are blocks of ``cache.block_rows`` rows counted from the first cell, keyed
+        by their cells' content, so a run with another ``chunk_size`` finds them all the same:
+        a chunk needs no request for a layer when every block it overlaps holds that layer.
         """
         if self.cache is None or self.wanted is None or self.card is None or self.store:
-            return 0
+            return
         common = {
             "model": self.model,
             "card_digest": digest_card(self.card.model_dump(mode="json")),
@@ -233,14 +291,10 @@ class EmbedJob:
                 self._block_keys[b], self._block_needs[b] = key, needs
                 if entry:
                     self._entries[b] = entry
-        done_cells = 0
         for i, (start, stop) in enumerate(self.ranges):
             for k in self.wanted:
                 if cached[k].issuperset(self._blocks_of(start, stop)):
                     self._have.setdefault(k, set()).add(i)
-            if not self.missing(i):
-                done_cells += stop - start
-        return done_cells
 
     def _blocks_of(self, start: int, stop: int) -> range:
         """The cache blocks that rows ``start:stop`` overlap."""
@@ -292,18 +346,23 @@ class EmbedJob:
         )
 
     def open_store(self, path: Any) -> int:
-        """Stream this job into the store at ``path``; return the cells already written there.
+        """Stream this job (each of its outputs into its own ``<model>/<pooling>`` group) into
+        the store at ``path``; return the cells every output has written there already.
 
         Every chunk the store says is done is checked against the input (its data digest)
         before anything is sent, so a store from other cells is refused, never mixed into.
         """
+        for job in self.outputs:
+            job._open_store(path)
+        return self.done_cells()
+
+    def _open_store(self, path: Any) -> None:
         store = open_store(path, self.store_spec())
         done = store.done_chunks()
         for i in sorted(done):
             store.verify_chunk(i, self.chunk_digest(i))
         self.store = store
         self._written = set(done)
-        return sum(stop - start for i, (start, stop) in enumerate(self.ranges) if i in done)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -327,28 +386,45 @@ class EmbedJob:
         """
         tasks = []
         for i, (start, stop) in enumerate(self.ranges):
-            need = self.missing(i)
-            if need == []:
+            asks = [(o, job, job.missing(i)) for o, job in enumerate(self.outputs)]
+            asks = [(o, job, need) for o, job, need in asks if need != []]
+            if not asks:
                 continue
-            if need is None:
-                layers, expected = self.layers, None
-            else:
-                layers = self.layers if need == self.wanted else list(need)
-                expected = tuple(need)
-            n_layers = len(need) if need is not None else None
+            # the first output that needs something is the request's own; the rest go as its
+            # extra_outputs
+            outputs = [OutputTask(o, *job._ask(need)) for o, job, need in asks]
+            floats: int | None = 0
+            for _, job, need in asks:
+                if need is None or job.dim is None or floats is None:
+                    floats = None
+                else:
+                    floats += (stop - start) * len(need) * job.dim
             nnz = self.source.nnz(start, stop)
-            fmt = self._format(stop - start, nnz, n_layers, transport_format, npz_ok)
-            tasks.append(ChunkTask(i, start, stop, layers, expected, fmt, fmt == "npz"))
+            fmt = self._format(nnz, floats, transport_format, npz_ok)
+            main, *extras = outputs
+            tasks.append(
+                ChunkTask(
+                    i, start, stop, main.layers, main.expected, fmt, fmt == "npz",
+                    main=main.output, extras=tuple(extras),
+                )
+            )  # fmt: skip
         return tasks
 
+    def _ask(self, need: list[int] | None) -> tuple[Any, tuple[int, ...] | None]:
+        """The layers to send for ``need`` (the caller's own form when all are needed) and
+        those the reply must hold (None: unknown, no model card)."""
+        if need is None:
+            return self.layers, None
+        return (self.layers if need == self.wanted else list(need)), tuple(need)
+
+    @staticmethod
     def _format(
-        self,
-        n_cells: int,
         nnz: int | None,
-        n_layers: int | None,
+        floats: int | None,
         choice: TransportChoice,
         npz_ok: bool,
     ) -> TransportFormat:
+        """``floats``: what the reply holds (None: unknown before the first reply)."""
         if choice in ("json", "npz"):
             return choice
         if not npz_ok:
@@ -358,33 +434,44 @@ class EmbedJob:
             # A large request, even before the reply's size is known (no model card): a raw
             # npz reply is checked like a JSON one, against the card or else the first reply.
             return "npz"
-        if n_layers is None or self.dim is None:
+        if floats is None:
             return "json"
-        return "npz" if n_cells * n_layers * self.dim > NPZ_AUTO_THRESHOLD else "json"
+        return "npz" if floats > NPZ_AUTO_THRESHOLD else "json"
 
     def _task(self, task: ChunkTask | int) -> ChunkTask:
         if isinstance(task, ChunkTask):
             return task
         start, stop = self.ranges[task]
-        expected = tuple(self.wanted) if self.wanted is not None else None
-        return ChunkTask(task, start, stop, self.layers, expected)
+        outputs = [OutputTask(o, job.layers, job._expected()) for o, job in enumerate(self.outputs)]
+        main, *extras = outputs
+        return ChunkTask(task, start, stop, main.layers, main.expected, extras=tuple(extras))
+
+    def _expected(self) -> tuple[int, ...] | None:
+        return tuple(self.wanted) if self.wanted is not None else None
 
     def body(self, task: ChunkTask | int) -> dict[str, Any]:
         """The JSON body of a task (or of chunk ``i`` asking for every layer, as JSON)."""
         task = self._task(task)
         cells = self.rows(task.index)
+        outputs = self.outputs
         if self.store is not None:
             # What the store marks the chunk done with; taken here, where the cells are read.
-            self._digests[task.index] = self.chunk_digest(task.index, cells)
+            digest = self.chunk_digest(task.index, cells)
+            for job in outputs:
+                job._digests[task.index] = digest
         item = build_item(
             cells,
             self.genes,
             model=self.model,
             layers=task.layers,
-            pooling=self.pooling,
+            pooling=outputs[task.main].pooling,
             options=self.options,
             format=task.format,
             cells_npz=task.cells_npz,
+            extra_outputs=[
+                {"layers": x.layers, "pooling": outputs[x.output].pooling} for x in task.extras
+            ],
+            fields=self.fields,
         )
         return request_body(item)
 
@@ -405,40 +492,59 @@ class EmbedJob:
     def parse(self, task: ChunkTask | int, payload: Any) -> ChunkResult:
         """Parse and check the reply to ``task``; touches no state (safe in any thread)."""
         task = self._task(task)
-        chunk = parse_embed_reply(payload, task.n_cells, model=self.model, pooling=self.pooling)
-        if task.expected is not None and tuple(chunk.layers) != task.expected:
+        outputs = self.outputs
+        main = outputs[task.main]
+        chunk = parse_embed_reply(
+            payload, task.n_cells, model=self.model, pooling=main.pooling, n_extra=len(task.extras)
+        )
+        main._check(task.index, task.expected, chunk.layers)
+        for extra, layers in zip(task.extras, chunk.extras):
+            outputs[extra.output]._check(task.index, extra.expected, layers)
+        return chunk
+
+    def _check(
+        self, index: int, expected: tuple[int, ...] | None, layers: Mapping[int, np.ndarray]
+    ) -> None:
+        if expected is not None and tuple(layers) != expected:
             raise ProtocolError(
-                f"chunk {task.index}: asked for layers {list(task.expected)}, "
-                f"the reply holds {sorted(chunk.layers)}"
+                f"chunk {index}: asked for layers {list(expected)} of pooling {self.pooling!r}, "
+                f"the reply holds {sorted(layers)}"
             )
-        if self.dim is not None and chunk.dim != self.dim:
+        dims = {array.shape[1] for array in layers.values()}
+        if self.dim is not None and dims != {self.dim}:
             raise ProtocolError(
-                f"chunk {task.index}: rows have {chunk.dim} values, the model card says "
+                f"chunk {index}: rows have {sorted(dims)} values, the model card says "
                 f"{self.dim} for pooling {self.pooling!r}"
             )
-        return chunk
 
     def accept(self, task: ChunkTask | int, reply: Any) -> ChunkResult:
         """Put the reply to ``task`` (parsed or not) in place and in the cache, or, streaming,
         write it to the store (safe from the chunk's own thread: chunks write their own rows)."""
         task = self._task(task)
         chunk = reply if isinstance(reply, ChunkResult) else self.parse(task, reply)
-        i = task.index
+        outputs = self.outputs
+        outputs[task.main]._take(task.index, chunk.layers, chunk)
+        for extra, layers in zip(task.extras, chunk.extras):
+            outputs[extra.output]._take(task.index, layers, chunk)
+        return chunk
+
+    def _take(self, i: int, layers: dict[int, np.ndarray], chunk: ChunkResult) -> None:
+        """Chunk ``i``'s ``layers`` of this job's pooling, in place, cached or stored."""
         if self.wanted is None:
             # No card: the first reply fixes the layer set and dimension every other must match.
             if not self._out:
-                self.wanted = sorted(chunk.layers)
-            elif sorted(chunk.layers) != self.wanted:
+                self.wanted = sorted(layers)
+            elif sorted(layers) != self.wanted:
                 raise ProtocolError(
-                    f"chunk {i} returned layers {sorted(chunk.layers)}, "
+                    f"chunk {i} returned layers {sorted(layers)}, "
                     f"earlier chunks returned {self.wanted}"
                 )
         if self.store is not None:
             digest = self._digests.pop(i, None) or self.chunk_digest(i)
-            self.store.write_chunk(i, chunk.layers, digest)
+            self.store.write_chunk(i, layers, digest)
             self._written.add(i)
         else:
-            for k, array in chunk.layers.items():
+            for k, array in layers.items():
                 self._place(i, k, array)
         if self._block_needs:
             self._cache_blocks(i)
@@ -452,7 +558,6 @@ class EmbedJob:
                     "unmapped_genes": chunk.unmapped_genes,
                 }
                 self.cache.put_meta(self._meta_key, record)
-        return chunk
 
     def _place(self, i: int, k: int, array: np.ndarray) -> None:
         start, stop = self.ranges[i]
@@ -505,3 +610,38 @@ class EmbedJob:
         if missing:
             raise RuntimeError(f"chunks {missing} have no reply yet")
         return dict(sorted(self._out.items()))
+
+
+def extra_specs(
+    extra_outputs: Sequence[str | Mapping[str, Any]] | None, layers: Any, pooling: str
+) -> list[tuple[str, Any]]:
+    """``(pooling, layers)`` of each extra output: a pooling name, or ``{"pooling", "layers"}``
+    (layers default to the call's). Each pooling once, and not the call's own."""
+    if extra_outputs is None:
+        return []
+    if isinstance(extra_outputs, str | Mapping) or not isinstance(extra_outputs, Sequence):
+        raise TypeError(
+            "extra_outputs: expected a list of pooling names or {'pooling': ..., 'layers': ...}, "
+            f"got {type(extra_outputs).__name__}"
+        )
+    specs: list[tuple[str, Any]] = []
+    seen = {pooling}
+    for n, spec in enumerate(extra_outputs):
+        if isinstance(spec, str):
+            spec = {"pooling": spec}
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"extra_outputs[{n}]: expected a pooling name or a dict, got {spec!r}")
+        unknown = sorted(set(spec) - {"pooling", "layers"})
+        if unknown:
+            raise ValueError(f"extra_outputs[{n}]: unknown keys {unknown} (pooling, layers)")
+        name = spec.get("pooling")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"extra_outputs[{n}].pooling: expected a pooling name, got {name!r}")
+        if name in seen:
+            raise ValueError(
+                f"extra_outputs[{n}]: pooling {name!r} is asked for already; ask for each "
+                "pooling once, with all its layers"
+            )
+        seen.add(name)
+        specs.append((name, spec.get("layers", layers)))
+    return specs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 import io
 import json
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,12 +112,16 @@ def build_item(
     options: Mapping[str, Any] | None,
     format: TransportFormat = "json",
     cells_npz: bool = False,
+    extra_outputs: Sequence[Mapping[str, Any]] = (),
+    fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One request item for ``POST /embed`` from a CSR chunk (cells x genes) and its genes.
 
     ``format="npz"`` asks for the binary reply; JSON, the default, sends no ``format`` field
     at all, so the item stays valid for a service that predates the field. ``cells_npz=True``
     sends the cells as the binary ``cells_npz`` field instead of JSON lists under ``cells``.
+    ``extra_outputs`` (``{"layers", "pooling"}`` each) and ``fields`` (other item fields, such
+    as ``min_known_genes``) are sent only when given.
     """
     if cells.shape[1] != len(genes):
         raise ValueError(f"genes: {len(genes)} names for {cells.shape[1]} columns")
@@ -141,6 +146,9 @@ def build_item(
         }
     if format == "npz":
         item["format"] = "npz"
+    if extra_outputs:
+        item["extra_outputs"] = [dict(spec) for spec in extra_outputs]
+    item.update(fields or {})
     return item
 
 
@@ -196,6 +204,8 @@ class ChunkResult:
     layers: dict[int, np.ndarray]
     n_unmapped_genes: int = 0
     unmapped_genes: list[str] = field(default_factory=list)
+    extras: list[dict[int, np.ndarray]] = field(default_factory=list)
+    """Each extra output's layers, in the order the request listed them."""
 
 
 @dataclass(frozen=True)
@@ -209,19 +219,22 @@ class RawNpz:
 
 
 def parse_embed_reply(
-    payload: Any, n_rows: int, *, model: str = "", pooling: str = ""
+    payload: Any, n_rows: int, *, model: str = "", pooling: str = "", n_extra: int = 0
 ) -> ChunkResult:
-    """Parse the reply to a one-item request that sent ``n_rows`` cells.
+    """Parse the reply to a one-item request that sent ``n_rows`` cells (and asked for
+    ``n_extra`` extra outputs).
 
     ``payload`` is what ``decode_reply`` returned: the JSON list of results (with ``layers``,
     or with ``npz`` as base64), or a ``RawNpz``. A raw reply carries no model or pooling;
     ``model`` and ``pooling`` (those of the request) fill them in.
 
     Raises ``ProtocolError`` unless the reply holds exactly one result with ``n_rows`` rows
-    of ``dim`` values for every layer: a lost or extra cell must never go unnoticed.
+    of ``dim`` values for every layer, and ``n_extra`` extra outputs: a lost or extra cell
+    must never go unnoticed.
     """
     if isinstance(payload, RawNpz):
-        return parse_npz(payload.content, n_rows, model=model, pooling=pooling)
+        chunk = parse_npz(payload.content, n_rows, model=model, pooling=pooling)
+        return _with_extras(chunk, n_extra)
     if not isinstance(payload, list) or len(payload) != 1:
         got = f"{len(payload)} results" if isinstance(payload, list) else type(payload).__name__
         raise ProtocolError(f"expected a list with one result for one request item, got {got}")
@@ -239,47 +252,75 @@ def parse_embed_reply(
         chunk = parse_npz(raw, n_rows, model=result.model, pooling=result.pooling)
         if chunk.dim != result.dim:
             raise ProtocolError(f"npz rows have {chunk.dim} values, reply says dim={result.dim}")
-        return chunk
-    if not isinstance(result.layers, dict) or not result.layers:
-        raise ProtocolError("the reply has no layers")
-
-    layers: dict[int, np.ndarray] = {}
-    for key, rows in result.layers.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"layer key {key!r} is not an integer") from None
-        try:
-            array = np.asarray(rows, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"layer {index}: rows are not a numeric matrix ({exc})") from exc
-        if array.ndim != 2 or array.shape[0] != n_rows:
-            raise ProtocolError(
-                f"layer {index}: sent {n_rows} cells but got an array of shape {array.shape}"
-            )
-        if array.shape[1] != result.dim:
-            raise ProtocolError(
-                f"layer {index}: rows have {array.shape[1]} values, reply says dim={result.dim}"
-            )
-        layers[index] = array
+        return _with_extras(chunk, n_extra)
+    layers = _json_layers(result.layers, n_rows, result.dim)
+    extras = getattr(result, "extra_outputs", None) or []
+    if not isinstance(extras, list) or len(extras) != n_extra:
+        got = len(extras) if isinstance(extras, list) else type(extras).__name__
+        raise ProtocolError(f"asked for {n_extra} extra outputs, the reply holds {got}")
+    extra_layers = []
+    for i, extra in enumerate(extras):
+        if not isinstance(extra, Mapping) or not isinstance(extra.get("dim"), int):
+            raise ProtocolError(f"extra output {i}: expected an object with dim and layers")
+        extra_layers.append(_json_layers(extra.get("layers"), n_rows, extra["dim"], f"extra {i} "))
     return ChunkResult(
         model=result.model,
         pooling=result.pooling,
         dim=result.dim,
-        layers=dict(sorted(layers.items())),
+        layers=layers,
         n_unmapped_genes=result.n_unmapped_genes,
         unmapped_genes=list(result.unmapped_genes),
+        extras=extra_layers,
     )
 
 
+def _json_layers(
+    rows_by_layer: Any, n_rows: int, dim: int, what: str = ""
+) -> dict[int, np.ndarray]:
+    """``{"<k>": rows}`` of a JSON reply as float32 arrays, each ``n_rows`` x ``dim``."""
+    if not isinstance(rows_by_layer, dict) or not rows_by_layer:
+        raise ProtocolError(f"the reply has no {what}layers")
+    layers: dict[int, np.ndarray] = {}
+    for key, rows in rows_by_layer.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{what}layer key {key!r} is not an integer") from None
+        try:
+            array = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(
+                f"{what}layer {index}: rows are not a numeric matrix ({exc})"
+            ) from exc
+        if array.ndim != 2 or array.shape[0] != n_rows:
+            raise ProtocolError(
+                f"{what}layer {index}: sent {n_rows} cells but got an array of shape {array.shape}"
+            )
+        if array.shape[1] != dim:
+            raise ProtocolError(
+                f"{what}layer {index}: rows have {array.shape[1]} values, reply says dim={dim}"
+            )
+        layers[index] = array
+    return dict(sorted(layers.items()))
+
+
+def _with_extras(chunk: ChunkResult, n_extra: int) -> ChunkResult:
+    if len(chunk.extras) != n_extra:
+        raise ProtocolError(
+            f"asked for {n_extra} extra outputs, the npz reply holds {len(chunk.extras)}"
+        )
+    return chunk
+
+
 _NPZ_LAYER = "layer_"
+_NPZ_EXTRA = re.compile(r"^extra(\d+)_layer_(-?\d+)$")
 
 
 def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") -> ChunkResult:
-    """Parse an ``.npz`` reply (docs/api.md): ``layer_<k>`` members, cells x dim each.
+    """Parse an ``.npz`` reply (docs/api.md): ``layer_<k>`` members, cells x dim each, and
+    ``extra<i>_layer_<k>`` for extra output ``i``.
 
     Read with ``allow_pickle=False``: a reply can hold numbers and strings, never code.
-    Members for extra outputs (``extra<i>_layer_<k>``) are ignored; the client asks for none.
     """
     try:
         archive = np.load(io.BytesIO(raw), allow_pickle=False)
@@ -288,30 +329,28 @@ def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") ->
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ProtocolError("the npz reply holds a single array, not an .npz archive")
     layers: dict[int, np.ndarray] = {}
+    extras: dict[int, dict[int, np.ndarray]] = {}
     n_unmapped = 0
     unmapped: list[str] = []
     dim: int | None = None
     with archive:
         try:
             for name in archive.files:
+                extra = _NPZ_EXTRA.match(name)
                 if name.startswith(_NPZ_LAYER):
                     suffix = name[len(_NPZ_LAYER) :]
                     if not suffix.lstrip("-").isdigit():
                         raise ProtocolError(f"npz member {name!r} has no integer layer index")
-                    array = np.asarray(archive[name])
-                    if not np.issubdtype(array.dtype, np.floating):
-                        raise ProtocolError(f"npz member {name!r} has dtype {array.dtype}")
-                    if array.ndim != 2 or array.shape[0] != n_rows:
-                        raise ProtocolError(
-                            f"layer {suffix}: sent {n_rows} cells but got an array of shape "
-                            f"{array.shape}"
-                        )
+                    array = _npz_rows(archive, name, n_rows)
                     if dim is not None and array.shape[1] != dim:
                         raise ProtocolError(
                             f"layer {suffix}: rows have {array.shape[1]} values, other layers {dim}"
                         )
                     dim = int(array.shape[1])
-                    layers[int(suffix)] = array.astype(np.float32, copy=False)
+                    layers[int(suffix)] = array
+                elif extra is not None:
+                    i, k = int(extra.group(1)), int(extra.group(2))
+                    extras.setdefault(i, {})[k] = _npz_rows(archive, name, n_rows)
                 elif name == "n_unmapped_genes":
                     n_unmapped = int(archive[name])
                 elif name == "unmapped_genes":
@@ -320,6 +359,11 @@ def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") ->
             raise ProtocolError(f"the npz reply holds an unreadable member ({exc})") from exc
     if not layers or dim is None:
         raise ProtocolError("the npz reply has no layer_<k> members")
+    if sorted(extras) != list(range(len(extras))):
+        raise ProtocolError(f"the npz reply's extra outputs are numbered {sorted(extras)}")
+    for i, rows in extras.items():
+        if len({a.shape[1] for a in rows.values()}) != 1:
+            raise ProtocolError(f"extra output {i}: its layers differ in width")
     return ChunkResult(
         model=model,
         pooling=pooling,
@@ -327,7 +371,19 @@ def parse_npz(raw: bytes, n_rows: int, *, model: str = "", pooling: str = "") ->
         layers=dict(sorted(layers.items())),
         n_unmapped_genes=n_unmapped,
         unmapped_genes=unmapped,
+        extras=[dict(sorted(extras[i].items())) for i in range(len(extras))],
     )
+
+
+def _npz_rows(archive: Any, name: str, n_rows: int) -> np.ndarray:
+    array = np.asarray(archive[name])
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ProtocolError(f"npz member {name!r} has dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[0] != n_rows:
+        raise ProtocolError(
+            f"npz member {name!r}: sent {n_rows} cells but got an array of shape {array.shape}"
+        )
+    return array.astype(np.float32, copy=False)
 
 
 def error_message(body: Any, text: str = "") -> str:

@@ -79,6 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--pooling", default="official", help="default: official")
     embed.add_argument(
+        "--extra-pooling",
+        action="append",
+        metavar="POOLING",
+        help="another pooling at the same layers, from the same forward pass (repeat it for more)",
+    )
+    embed.add_argument(
+        "--min-known-genes",
+        type=int,
+        metavar="N",
+        help="the fewest of the model's genes FILE must carry (the server's default: 5,000, "
+        "so a gene subset such as HVGs is refused); lower it for a targeted panel",
+    )
+    embed.add_argument(
+        "--min-mapped-fraction",
+        type=float,
+        metavar="F",
+        help="the least share of the counts on genes the model knows (the server's default 0.5)",
+    )
+    embed.add_argument(
         "--chunk-size",
         type=int,
         default=DEFAULT_CHUNK_SIZE,
@@ -140,6 +159,9 @@ def _embed(args: argparse.Namespace) -> int:
     urls = ",".join(args.url) if args.url else os.environ.get(URL_ENV)
     args.url = urls  # one string, URLs separated by commas
     if args.scheduler or args.in_process:
+        if args.extra_pooling:
+            print("scstrata embed: --extra-pooling: not with --scheduler yet", file=sys.stderr)
+            return 2
         return _embed_on_dask(args, urls)
     if not urls:
         print(f"scstrata embed: --url is required (or set {URL_ENV})", file=sys.stderr)
@@ -157,8 +179,16 @@ def _embed(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         transport_format=args.transport_format,
     )
+    wanted = dict(
+        model=args.model,
+        layers=args.layers,
+        pooling=args.pooling,
+        extra_outputs=args.extra_pooling,
+        min_known_genes=args.min_known_genes,
+        min_mapped_fraction=args.min_mapped_fraction,
+    )
     if Path(args.out).suffix == ".zarr":
-        return _stream(args, urls, path, settings)
+        return _stream(args, urls, path, settings, wanted)
     adata = _read_h5ad(path)
     X = adata.X
     if args.counts_layer is not None:
@@ -180,48 +210,50 @@ def _embed(args: argparse.Namespace) -> int:
             return 2
         genes = adata.var[args.gene_column].astype(str)
     with Client(urls, **settings) as client:
-        layers = client.embed(
-            X,
-            list(genes),
-            model=args.model,
-            layers=args.layers,
-            pooling=args.pooling,
-            write_to=adata,
-        )
+        result = client.embed(X, list(genes), write_to=adata, **wanted)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out)
     if not args.quiet:
-        dims = {int(a.shape[1]) for a in layers.values()}
-        print(
-            f"wrote {out}: {adata.n_obs} cells, layers {_ranges(sorted(layers))} of "
-            f"{args.model} (dim {', '.join(map(str, sorted(dims)))}) in obsm",
-            file=sys.stderr,
-        )
+        by_pooling = result if args.extra_pooling else {args.pooling: result}
+        for pooling, layers in by_pooling.items():
+            dims = {int(a.shape[1]) for a in layers.values()}
+            print(
+                f"wrote {out}: {adata.n_obs} cells, layers {_ranges(sorted(layers))} of "
+                f"{args.model}, pooling {pooling} (dim {', '.join(map(str, sorted(dims)))}) "
+                "in obsm",
+                file=sys.stderr,
+            )
         _print_replicas(client)
     return 0
 
 
-def _stream(args: argparse.Namespace, urls: str, path: Path, settings: dict[str, Any]) -> int:
+def _stream(
+    args: argparse.Namespace,
+    urls: str,
+    path: Path,
+    settings: dict[str, Any],
+    wanted: dict[str, Any],
+) -> int:
     """``-o OUT.zarr``: the input read a chunk at a time, each chunk written as it arrives."""
     from ._client import Client
 
     with Client(urls, **settings) as client:
-        store = client.embed(
+        result = client.embed(
             path,
-            model=args.model,
-            layers=args.layers,
-            pooling=args.pooling,
             out=args.out,
             counts_layer=args.counts_layer,
             gene_column=args.gene_column,
+            **wanted,
         )
     if not args.quiet:
-        print(
-            f"wrote {args.out}: {store.n_cells} cells, layers {_ranges(store.layers)} of "
-            f"{args.model} (dim {store.spec.dim}) under {store.spec.group_path()}/",
-            file=sys.stderr,
-        )
+        stores = result.values() if args.extra_pooling else [result]
+        for store in stores:
+            print(
+                f"wrote {args.out}: {store.n_cells} cells, layers {_ranges(store.layers)} of "
+                f"{args.model} (dim {store.spec.dim}) under {store.spec.group_path()}/",
+                file=sys.stderr,
+            )
         _print_replicas(client)
     return 0
 

@@ -230,14 +230,20 @@ class ScstrataMiddleware:
             admission.release()
 
     async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
-        """The whole body, or None after answering 413 (too large) or 408 (too slow)."""
+        """The whole body, or None after answering 413 (too large), 408 (too slow) or a client
+        that left."""
         chunks: list[bytes] = []
         seen = 0
         with anyio.move_on_after(self.read_timeout_s) as deadline:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return None  # the client left
+                    # The client left; the reply goes nowhere, but one must be sent: BentoML's
+                    # timeout middleware waits for it (an hour, holding the task, and holding
+                    # up every graceful shutdown) when an app returns without replying.
+                    message = "body: the client closed the connection before sending it all"
+                    await _send_json(send, 400, _error(message, ["body"]))
+                    return None
                 chunk = message.get("body", b"")
                 seen += len(chunk)
                 if seen > self.max_body_bytes:

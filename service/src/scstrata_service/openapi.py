@@ -47,19 +47,44 @@ ERROR_SCHEMA = {
     },
 }
 
+# Every status but 200 that a route can answer, with the error body (docs/api.md)
 EMBED_ERRORS = {
-    "400": "a client mistake (field named in `detail[].loc`): unknown model, gene or layer, "
-    "malformed cells, an option the family does not take",
-    "401": "missing or wrong bearer token (when the server requires one)",
-    "408": "the body arrived too slowly",
-    "413": "over a limit (cells, genes, tokens, outputs, body size: see GET /info); send "
-    "fewer cells per request",
+    "400": "a client mistake (field named in `detail[].loc`): malformed JSON or a wrong type, "
+    "unknown model, pooling, option or layer, genes not matching the columns or not known to "
+    "the model, malformed cells or upload",
+    "405": "a method other than POST (header `Allow: POST`)",
+    "413": "over a limit (cells, genes, tokens, body size, what an upload declares: see "
+    "GET /info); send fewer cells per request",
     "415": "a content type other than application/json",
-    "422": "the body is not a valid request (pydantic's detail)",
-    "429": "too many wrong tokens from this client; wait Retry-After seconds",
-    "503": "busy, out of accelerator memory after splitting, or models still loading: retry "
+    "422": "too many (layers, pooling) sets in one request",
+    "500": "a defect of the service, for this request alone (e.g. a non-finite embedding, "
+    "which is never returned)",
+}
+AUTH_ERRORS = {
+    "401": "missing or wrong bearer token (when the server requires one; header "
+    "`WWW-Authenticate: Bearer`)",
+    "429": "too many wrong tokens from this address; wait Retry-After seconds",
+}
+CONNECTION_ERRORS = {
+    "408": "the request head, or the body, did not arrive in time (SCSTRATA_HEADER_TIMEOUT_S, "
+    "SCSTRATA_READ_TIMEOUT_S)",
+    "413": "a Content-Length over the body limit",
+    "503": "busy: every connection of the worker has a request in flight at its cap; retry "
     "after Retry-After seconds",
 }
+BUSY = (
+    "busy (the queued work at its bound, the request's deadline passed, out of accelerator "
+    "memory after splitting, every connection busy) or the models still loading: retry after "
+    "Retry-After seconds"
+)
+
+
+def _errors(texts: dict[str, str]) -> dict[str, Any]:
+    return {
+        code: {"description": text, "content": _json({"$ref": REF.format(model="Error")})}
+        for code, text in sorted(texts.items())
+    }
+
 
 # A working example: filled in from the served models (example_item); this one is shown
 # while they load.
@@ -79,12 +104,14 @@ def example_item(card: ModelCard, genes: list[str]) -> dict[str, Any]:
     return {**PLACEHOLDER_ITEM, "model": card.name, "genes": list(genes[:3])}
 
 
-def _components(*models: type[BaseModel]) -> dict[str, Any]:
+def _components(*types: type[BaseModel], models: list[str] | None) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template=REF)
+    for kind in types:
+        schema = kind.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[kind.__name__] = schema
+    if models:  # a request for another model is valid JSON but never a valid request
+        schemas["EmbedItem"]["properties"]["model"]["enum"] = models
     schemas["Error"] = ERROR_SCHEMA
     return schemas
 
@@ -96,23 +123,28 @@ def _json(schema: dict, example: Any = None) -> dict:
     return {"application/json": content}
 
 
-def _get(summary: str, schema: dict, description: str = "") -> dict:
+def _get(summary: str, schema: dict, description: str = "", busy: str | None = None) -> dict:
+    """A GET route behind auth; ``busy``: what its 503 means beyond the connection cap."""
+    errors = {**CONNECTION_ERRORS, **AUTH_ERRORS}
+    if busy:
+        errors["503"] = f"{busy}, or every connection busy; retry after Retry-After seconds"
     return {
         "get": {
             "summary": summary,
             "description": description,
-            "responses": {"200": {"description": "OK", "content": _json(schema)}},
+            "responses": {
+                "200": {"description": "OK", "content": _json(schema)},
+                **_errors(errors),
+            },
         }
     }
 
 
-def document(item: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document; ``item`` is the example request item (a served model's)."""
+def document(item: dict[str, Any] | None = None, models: list[str] | None = None) -> dict:
+    """The OpenAPI 3.1 document; ``item`` is the example request item (a served model's),
+    ``models`` the served models' names (what ``model`` may be)."""
     item = item or PLACEHOLDER_ITEM
-    errors = {
-        code: {"description": text, "content": _json({"$ref": REF.format(model="Error")})}
-        for code, text in EMBED_ERRORS.items()
-    }
+    errors = _errors({**CONNECTION_ERRORS, **AUTH_ERRORS, **EMBED_ERRORS, "503": BUSY})
     embed = {
         "post": {
             "summary": "Embed cells: one array per requested layer",
@@ -142,14 +174,16 @@ def document(item: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     free_form = {"type": "object"}
     text = {"text/plain": {"schema": {"type": "string"}}}
-    ok = {"200": {"description": "OK"}}
+    # health routes need no token
+    ok = {"200": {"description": "OK"}, **_errors(CONNECTION_ERRORS)}
+    not_ready = "not ready: the models are loading or the queued work is at its bound"
     health = {
         "/livez": {"get": {"summary": "alive (answers while the models load)", "responses": ok}},
         "/healthz": {"get": {"summary": "alive", "responses": ok}},
         "/readyz": {
             "get": {
                 "summary": "ready: every model loaded and the queue below its bound",
-                "responses": {**ok, "503": {"description": "not ready yet"}},
+                "responses": {**ok, **_errors({"503": f"{not_ready}, or every connection busy"})},
             }
         },
     }
@@ -161,6 +195,7 @@ def document(item: dict[str, Any] | None = None) -> dict[str, Any]:
             "/models": _get(
                 "The served models' cards: layers, dims per pooling, gene id kind, digest",
                 {"type": "array", "items": {"$ref": REF.format(model="ModelCard")}},
+                busy="the models are still loading",
             ),
             "/info": _get(
                 "Server version, device and dtype per model, limits, workers, queue, features",
@@ -171,11 +206,14 @@ def document(item: dict[str, Any] | None = None) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "OK", "content": text}},
+                    "responses": {
+                        "200": {"description": "OK", "content": text},
+                        **_errors({**CONNECTION_ERRORS, **AUTH_ERRORS}),
+                    },
                 }
             },
         },
-        "components": {"schemas": _components(EmbedRequest, EmbedResult, ModelCard)},
+        "components": {"schemas": _components(EmbedRequest, EmbedResult, ModelCard, models=models)},
     }
 
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from scstrata_service import openapi
+from scstrata_service import connections, openapi
 from scstrata_service.admission import (
     BACKLOG,
     Admission,
@@ -43,7 +43,13 @@ from scstrata_service.middleware import NPZ_MEDIA_TYPE, ScstrataMiddleware
 from scstrata_service.registry import Registry, active, is_loaded, set_active, specs_from_env
 from scstrata_service.schemas import MAX_LISTED, EmbedResult, LayerRows, TicketItem
 from scstrata_service.settings import SETTINGS
-from scstrata_service.startup import LOADING_MESSAGE, BackgroundLoad, arm_main_process
+from scstrata_service.startup import (
+    LOADING_MESSAGE,
+    BackgroundLoad,
+    arm_main_process,
+    exit_with_parent,
+    in_bentoml_worker,
+)
 from scstrata_service.workers import bentoml_resources, current_placement, place_this_worker
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,11 @@ log = logging.getLogger(__name__)
 allow_overlapping_dispatches(SETTINGS.dispatches)
 # A worker that cannot load its models stops the server, which then exits 1 (startup.py)
 arm_main_process()
+# A worker outlives neither the server's main process (startup.py) nor its own file limit:
+# connections are capped below it, and request heads have a deadline (connections.py)
+exit_with_parent()
+if in_bentoml_worker():
+    connections.install(SETTINGS)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -74,11 +85,12 @@ async def info(request: Request) -> JSONResponse:
 
 
 async def api_document(request: Request) -> JSONResponse:
-    item = None
+    item = models = None
     if is_loaded():
         backend = next(iter(active().backends.values()))
         item = openapi.example_item(backend.card, backend.known_genes())
-    return JSONResponse(openapi.document(item))
+        models = list(active().backends)
+    return JSONResponse(openapi.document(item, models))
 
 
 async def api_page(request: Request) -> HTMLResponse:
@@ -106,6 +118,7 @@ models_app = Starlette(
     resources=bentoml_resources(SETTINGS.gpus),
     threads=SETTINGS.dispatches,
     traffic={"timeout": 3600},
+    backlog=SETTINGS.backlog,  # also what a worker accepts at once (connections.py)
 )
 class Embedder:
     def __init__(self) -> None:

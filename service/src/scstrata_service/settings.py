@@ -60,6 +60,9 @@ class Settings:
     retry_after_s: int  # SCSTRATA_RETRY_AFTER_S: the Retry-After of a 503 (busy) or 429
     request_timeout_s: float  # SCSTRATA_REQUEST_TIMEOUT_S: no forward pass starts after this
     read_timeout_s: float  # SCSTRATA_READ_TIMEOUT_S: the longest wait for body bytes (408)
+    header_timeout_s: float  # SCSTRATA_HEADER_TIMEOUT_S: the longest wait for a request head
+    max_connections: int | None  # SCSTRATA_MAX_CONNECTIONS per worker (default: by file limit)
+    backlog: int  # SCSTRATA_BACKLOG: connections the kernel queues for the workers to accept
     auth_failures_per_minute: int  # SCSTRATA_AUTH_FAILURES: wrong tokens per client, then 429
     admit_threads: int  # SCSTRATA_ADMIT_THREADS: request bodies parsed and checked at once
     parse_in_process_bytes: int  # bodies this large are parsed in a process of their own
@@ -95,6 +98,9 @@ class Settings:
             retry_after_s=_int("SCSTRATA_RETRY_AFTER_S", 5),
             request_timeout_s=float(os.environ.get("SCSTRATA_REQUEST_TIMEOUT_S", 600)),
             read_timeout_s=float(os.environ.get("SCSTRATA_READ_TIMEOUT_S", 30)),
+            header_timeout_s=float(os.environ.get("SCSTRATA_HEADER_TIMEOUT_S", 10)),
+            max_connections=_int("SCSTRATA_MAX_CONNECTIONS", 0) or None,
+            backlog=_int("SCSTRATA_BACKLOG", 256),
             auth_failures_per_minute=_int("SCSTRATA_AUTH_FAILURES", 10),
             admit_threads=_int("SCSTRATA_ADMIT_THREADS", 4),
             parse_in_process_bytes=_int("SCSTRATA_PARSE_APART_KB", 1024) * 1024,

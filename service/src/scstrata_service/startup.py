@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +100,25 @@ def stop_server(message: str) -> None:
     if path:
         Path(path).write_text(message)
     os.kill(os.getppid(), signal.SIGTERM)
+
+
+def exit_with_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
+    """In a BentoML worker: stop once the server's main process is gone.
+
+    Killed with SIGKILL, the main process cannot stop its workers, and an orphaned worker would
+    keep serving, and holding the port, with nothing to restart or stop it. The worker then
+    shuts down as on SIGTERM (it stops listening and finishes the requests in flight) and exits
+    after ``grace_s`` at the latest."""
+    if not in_bentoml_worker():
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("scstrata: the server's main process %d is gone; this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(EXIT_CODE)
+
+    threading.Thread(target=watch, name="scstrata-parent-watch", daemon=True).start()
