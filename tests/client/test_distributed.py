@@ -3,11 +3,12 @@ loopback, a tiny fabricated model.
 
 The cluster tests (the store equals the single-process result; a killed worker and a stopped
 replica cost no cell twice) sweep the issue's 20,000 cells, in 40 chunks of 500 over 10
-tasks. Measured on this shared 2-core host at a load of ~11: 87 s and 71 s for those two
-tests (18 s each at 6,000 cells in chunks of 128), and 141 s of setup (two servers, the
-cluster and the reference), which the cells hardly change. The other tests (a file input,
-in-process workers, the CLI, a refused store) take the first few chunks only: a cell's
-embedding does not depend on the others, so their rows of the reference still hold.
+tasks. Measured on this shared 2-core host at a load of 7-11: 34 s and 23 s for those two
+tests, after 118 s of setup (two servers, the cluster and the reference); the module took
+309 s, against 346 s with 6,000 cells in chunks of 128 under a similar load (the setup and the
+in-process workers' torch dominate it). The other tests (a file input, in-process workers, the
+CLI, a refused store) take the first few chunks only: a cell's embedding does not depend on
+the others, so their rows of the reference still hold.
 """
 
 from __future__ import annotations
