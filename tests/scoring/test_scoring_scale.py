@@ -18,10 +18,12 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from scstrata_scoring.baselines import expression_matrix, log_normalise
 from scstrata_scoring.neighbours import (
     EXACT_MAX_CELLS,
+    SPARSE_PCA_COMPONENTS,
     check_embedding,
     nearest_neighbours,
     overlap_of_neighbours,
     scanpy_neighbours,
+    sparse_pca,
 )
 from scstrata_scoring.resample import BootstrapDraws, bootstrap_indices
 from scstrata_scoring.simulate import simulate_trajectory
@@ -158,6 +160,27 @@ def test_sparse_expression_baseline_has_the_dense_neighbours(genes):
     np.testing.assert_allclose(on_sparse.distances, on_dense.distances, rtol=1e-4)
 
 
+def test_sparse_expression_searched_in_its_pca_gives_the_same_pseudotime(genes):
+    # The route the expression baseline takes above EXACT_MAX_CELLS, forced on small data.
+    adata = simulate_trajectory(genes[:3000], n_cells=1500, n_expressed=1000, seed=4)
+    expression = expression_matrix(log_normalise(adata))
+    assert expression.shape[1] > SPARSE_PCA_COMPONENTS
+    root = int(np.argmin(adata.obs["time"].to_numpy()))
+    exact = nearest_neighbours(expression, 29, method="exact")
+    reduced = nearest_neighbours(expression, 29, method="approximate")
+    assert exact.exact and not reduced.exact
+    # Far more shared neighbours than chance (29 / 1499), not all: the PCA drops the noise
+    # that picks many exact neighbours in every gene (0.5 measured when written).
+    assert overlap_of_neighbours(reduced.indices, exact.indices).mean() > 0.35
+    exact_pt, reduced_pt = _dpt(expression, root, 30, exact), _dpt(expression, root, 30, reduced)
+    assert stats.spearmanr(exact_pt, reduced_pt).statistic > 0.93
+    truth = adata.obs["true_pseudotime"].to_numpy()
+    exact_rho = stats.spearmanr(exact_pt, truth).statistic
+    assert stats.spearmanr(reduced_pt, truth).statistic > exact_rho - 0.02
+    pcs = sparse_pca(expression)
+    assert pcs.shape == (1500, SPARSE_PCA_COMPONENTS) and pcs.dtype == np.float32
+
+
 def test_bootstrap_draws_do_not_depend_on_the_batch_size():
     whole = np.vstack(list(BootstrapDraws(1000, 30, (7, 0)).batches()))
     batches = list(BootstrapDraws(1000, 30, (7, 0), batch_indices=4000).batches())
@@ -201,6 +224,32 @@ def test_apply_threads_limits_blas_and_numba():
     finally:
         numba.set_num_threads(before_numba)
         threadpool_limits({pool["prefix"]: pool["num_threads"] for pool in before_blas})
+
+
+def test_the_diffusion_map_runs_on_one_blas_thread_whatever_the_setting(monkeypatch):
+    # With 2 BLAS threads on a loaded host, DPT took 4-5 x the CPU time (bench/RESULTS.md).
+    import scanpy.neighbors
+
+    seen = []
+    original = scanpy.neighbors.Neighbors.compute_eigen
+
+    def compute_eigen(self, *args, **kwargs):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(scanpy.neighbors.Neighbors, "compute_eigen", compute_eigen)
+    x, _ = _curve(300, 8, seed=2)
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    with threadpool_limits(2):
+        before = blas_threads()
+        pt = _dpt(x, 0, 15)
+        after = blas_threads()
+    assert seen and set(seen) == {1}
+    assert after == before  # the caller's setting is restored
+    assert np.isfinite(pt).all() and pt.max() == 1.0
 
 
 def test_scoring_and_its_thread_setting_do_not_import_torch_or_the_service():

@@ -13,6 +13,16 @@ about n log n. Otherwise exact search costs n² distances, so it is approximate:
 (the index scanpy and UMAP use), seeded and single-threaded so that equal inputs give equal
 graphs. Its recall of exact neighbours is tested: 0.994 at k = 30 on 3,000 cells of Gaussian
 noise in 32 dimensions, the hard case (``tests/scoring/test_scoring_scale.py``).
+
+Sparse data (the expression baseline: every detected gene) are searched approximately in
+their :data:`SPARSE_PCA_COMPONENTS`-component PCA (scanpy's ARPACK PCA, centred implicitly,
+so never densified), not in the genes themselves: pynndescent on thousands of sparse
+columns had not finished 30,000 cells in 100 CPU seconds, where the PCA and a search of
+it take seconds. The PCA keeps the main axes of variation and drops the rest, so the
+neighbours differ from exact ones in all genes (about half to two thirds shared on simulated
+trajectories, where exact neighbours in every gene are largely chosen by noise), while the
+pseudotime built on them agrees (Spearman 0.96-0.99 with DPT on the exact graph) and
+follows the true order as well (both tested on small data).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from sklearn.neighbors import NearestNeighbors
 
 __all__ = [
     "EXACT_MAX_CELLS",
+    "SPARSE_PCA_COMPONENTS",
     "KnnMethod",
     "Neighbours",
     "alignment_score",
@@ -40,6 +51,7 @@ __all__ = [
     "scanpy_neighbours",
     "sequential_alignment",
     "sequential_alignment_distances",
+    "sparse_pca",
 ]
 
 #: Above this many cells, ``method="auto"`` searches approximately (unless the data are dense
@@ -48,6 +60,9 @@ EXACT_MAX_CELLS = 10_000
 #: Dense data with at most this many dimensions are searched exactly by a k-d tree at any
 #: size (scikit-learn's own rule for when a tree beats brute force).
 TREE_MAX_DIMS = 15
+#: Sparse data searched approximately are first reduced to this many principal components
+#: (twice the reference PCA's 50: the baseline keeps every gene, not 2,500 HVGs).
+SPARSE_PCA_COMPONENTS = 100
 
 KnnMethod = Literal["auto", "exact", "approximate"]
 
@@ -137,9 +152,12 @@ def _exact_is_cheap(rep) -> bool:
 
 
 def _approximate(rep, k: int, seed: int) -> Neighbours:
-    """pynndescent with UMAP's (and scanpy's) size-dependent trees and iterations."""
+    """pynndescent with UMAP's (and scanpy's) size-dependent trees and iterations; sparse
+    rows are searched in their PCA (:func:`sparse_pca`)."""
     from pynndescent import NNDescent  # imported here: numba compiles it on first use
 
+    if sparse.issparse(rep):
+        rep = sparse_pca(rep, seed=seed)
     n = rep.shape[0]
     index = NNDescent(
         rep,
@@ -163,6 +181,19 @@ def _approximate(rep, k: int, seed: int) -> Neighbours:
     return Neighbours(
         found[keep].reshape(n, k).astype(np.int64), dist[keep].reshape(n, k), exact=False
     )
+
+
+def sparse_pca(rep: sparse.csr_matrix, n_comps: int = SPARSE_PCA_COMPONENTS, seed: int = 0):
+    """The first ``n_comps`` principal components of sparse rows, ``(n, n_comps)`` float32.
+
+    scanpy's ARPACK PCA on sparse input centres implicitly (the matrix is never densified);
+    ``n_comps`` is clipped to what the shape allows.
+    """
+    import scanpy as sc
+
+    n_comps = min(int(n_comps), min(rep.shape) - 1)
+    pcs = sc.pp.pca(rep, n_comps=n_comps, svd_solver="arpack", random_state=seed)
+    return np.ascontiguousarray(pcs, dtype=np.float32)
 
 
 def knn_indices(representation, k: int, *, method: KnnMethod = "auto") -> np.ndarray:

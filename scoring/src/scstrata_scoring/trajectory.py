@@ -37,6 +37,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from threadpoolctl import threadpool_limits
 
 from .baselines import hvg_pca, log_normalise
 from .neighbours import (
@@ -384,7 +385,10 @@ def _dpt(rep, root: int, n_neighbors: int, neighbours: Neighbours | None = None)
         neighbours = nearest_neighbours(rep, n_neighbors - 1)
     scratch = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_cells).astype(str)))
     scratch.obsm["X_rep"] = rep  # only its shape is used: scanpy gets the graph above
-    with warnings.catch_warnings():
+    # One BLAS thread: ARPACK's Lanczos steps (diffusion map) are small memory-bound products
+    # that more threads do not speed up; on a loaded host, idle BLAS threads spinning for work
+    # made DPT take 4-5 x the CPU and 5-7 x the wall time with 2 threads (bench/RESULTS.md).
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # scanpy warns about the empty X of the scratch object; it is never used.
         warnings.simplefilter("ignore", UserWarning)
         sc.pp.neighbors(
