@@ -284,10 +284,12 @@ def http_cells_per_s(
     kernel: tuple[str, bool] | None = None,
     env: dict[str, str] | None = None,
     shapes: list[tuple[int, int]] = HTTP_CLIENTS,
+    layers: int | str = -1,
+    pooling: str = "S",
 ) -> list[dict]:
     """Steady-state cells/s through the HTTP service on loopback, for each client shape
     (cells per chunk, chunks in flight): request encoding, tokenization and replies overlap the
-    accelerator's work."""
+    accelerator's work. ``layers`` and ``pooling`` set the reply's size."""
     from scstrata_client import Client
     from scstrata_service.launcher import running_service
 
@@ -307,7 +309,7 @@ def http_cells_per_s(
             ) as client:
 
                 def run(cells=counts, client: Client = client) -> int:
-                    out = client.embed(cells, genes, model="bench", layers=-1, pooling="S")
+                    out = client.embed(cells, genes, model="bench", layers=layers, pooling=pooling)
                     return len(next(iter(out.values())))
 
                 warm_up = counts[: 2 * chunk * in_flight]

@@ -11,6 +11,12 @@ Default rate: scFoundation's 768/12/12 on an H200 in bench/RESULTS.md (1.36M tok
     python bench/http_overhead.py --rate 3e5      # a slower accelerator
     python bench/http_overhead.py --dispatches 1  # BentoML's one dispatch at a time
     python bench/http_overhead.py --shapes 256x8 1000x4   # other client shapes
+    python bench/http_overhead.py --full-reply    # every layer of the official pooling
+
+By default the reply is one 32-dim layer (a tiny fabricated model). ``--full-reply`` serves a
+fabricated model of scFoundation's real size (768 hidden, 12 blocks) and asks for all 13 layers
+of its 3,072-dim ``official`` pooling: 256 cells x 13 x 3,072 float32 = 41 MB per reply, the
+real reply of the client's default chunk.
 """
 
 from __future__ import annotations
@@ -47,9 +53,22 @@ def main(argv: list[str] | None = None) -> dict:
         default=HTTP_CLIENTS,
         help="client shapes as CELLSxIN_FLIGHT (default: those of gpu.py)",
     )
+    parser.add_argument(
+        "--full-reply",
+        action="store_true",
+        help="scFoundation's real size, all 13 layers of the 3,072-dim official pooling",
+    )
     args = parser.parse_args(argv)
 
-    checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), hidden=32, n_layers=2, n_heads=4)
+    size = (
+        dict(hidden=768, n_layers=12, n_heads=12)
+        if args.full_reply
+        else dict(hidden=32, n_layers=2, n_heads=4)
+    )
+    reply = (
+        dict(layers="all", pooling="official") if args.full_reply else dict(layers=-1, pooling="S")
+    )
+    checkpoint = fabricate_checkpoint(Path(tempfile.mkdtemp()), **size)
     backend = scfoundation.load("bench", checkpoint, device="cpu")
     counts, genes = synthetic_cells(
         backend.tokenizer.vocabulary, args.cells, args.median, 200, 6000, seed=1
@@ -60,11 +79,21 @@ def main(argv: list[str] | None = None) -> dict:
     env = {"PYTHONPATH": path, "SCSTRATA_SIMULATED_TOKENS_PER_S": str(args.rate)}
     if args.dispatches is not None:
         env["SCSTRATA_DISPATCHES"] = str(args.dispatches)
-    rows = http_cells_per_s(checkpoint, counts, genes, 1 << 20, env=env, shapes=args.shapes)
+    rows = http_cells_per_s(
+        checkpoint, counts, genes, 1 << 20, env=env, shapes=args.shapes, **reply
+    )
     for row in rows:
         row["http_vs_in_process"] = round(accelerator_s / (args.cells / row["cells_per_s"]), 3)
         row["cells_per_s"] = round(row["cells_per_s"], 2)
-    report = {"cells": args.cells, "tokens": tokens, "tokens_per_s": args.rate, "clients": rows}
+    dim = backend.card.poolings[reply["pooling"]]
+    n_layers = backend.card.n_layers + 1 if reply["layers"] == "all" else 1
+    report = {
+        "cells": args.cells,
+        "tokens": tokens,
+        "tokens_per_s": args.rate,
+        "reply_floats_per_cell": n_layers * dim,
+        "clients": rows,
+    }
     print(json.dumps(report, indent=2))
     return report
 
