@@ -68,8 +68,9 @@ class Client(ClientBase):
             widget in a notebook), moved by each reply's cells as it arrives. ``None`` shows
             one when more than one request is needed, unless stderr goes to a file or a log;
             ``False`` prints nothing.
-        cache: keep each chunk's result on disk, so that a repeated or interrupted run sends
-            only what is missing. ``False`` disables it.
+        cache: keep results on disk (one file per block of 256 cells, whatever the chunk
+            size), so that a repeated or interrupted run sends only what is missing. ``False``
+            disables it.
         cache_dir: the cache's folder (default ``$SCSTRATA_CACHE_DIR``, else
             ``~/.cache/scstrata``).
         cache_max_bytes: the cache's size limit; least recently used results go first.
