@@ -1,12 +1,12 @@
 """Client memory and wall time, streamed to zarr (``embed(out=...)``) and in memory.
 
 A fake fast service (a bare ASGI app under uvicorn in its own process, speaking the real wire
-format: ``GET /models``, ``POST /embed`` with ``cells_npz`` in, a raw npz reply out) stands in
-for a tiny model (4 layers x ``--dim``), because the real tiny service would spend the run
-computing on this shared 2-core box instead of exercising the client. Each measurement runs
-the client in a fresh process reading a simulated ``.h5ad`` (``--genes-per-cell`` expressed
-genes a cell): peak RSS above the process's RSS just before ``embed`` (after imports and, in
-memory mode, after loading the input), and wall time.
+format: ``GET /models``, ``GET /info``, ``POST /embed`` with ``cells_npz`` in, a raw npz reply
+out) stands in for a tiny model (4 layers x ``--dim``), because the real tiny service would
+spend the run computing on this shared 2-core box instead of exercising the client. Each
+measurement runs the client in a fresh process reading a simulated ``.h5ad``
+(``--genes-per-cell`` expressed genes a cell): peak RSS above the process's RSS just before
+``embed`` (after imports and, in memory mode, after loading the input), and wall time.
 
     .venv/bin/python bench/client_stream.py                     # 10k, 100k, 1M streamed
     .venv/bin/python bench/client_stream.py --cells 10000 100000 --memory-cells 100000
@@ -52,6 +52,7 @@ def serve(port: int, dim: int) -> None:
     import uvicorn
 
     models = json.dumps([_card(dim)]).encode()
+    info = json.dumps({"features": ["json", "npz", "cells_npz"]}).encode()
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -65,6 +66,8 @@ def serve(port: int, dim: int) -> None:
         path = scope["path"]
         if path == "/models":
             payload, kind = models, b"application/json"
+        elif path == "/info":  # what the client learns the transports from
+            payload, kind = info, b"application/json"
         elif path in ("/readyz", "/livez"):
             payload, kind = b'{"status":"ok"}', b"application/json"
         else:

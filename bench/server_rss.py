@@ -90,7 +90,14 @@ def over_http(args, checkpoint: Path, vocabulary: list[str]) -> list[tuple[int, 
                 samples.append((i, tree_rss(me) / MIB))
             if i < args.requests:
                 counts, genes = cells(vocabulary, args.cells, args.genes, seed=i)
-                client.embed(counts, genes, model="scf", layers="all", pooling=args.pooling)
+                client.embed(
+                    counts,
+                    genes,
+                    model="scf",
+                    layers="all",
+                    pooling=args.pooling,
+                    min_known_genes=0,  # a small gene panel, on purpose: tiny requests
+                )
         client.close()
     return samples
 

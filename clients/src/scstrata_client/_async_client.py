@@ -15,6 +15,7 @@ import numpy as np
 
 from ._base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, ClientBase
 from ._cache import DEFAULT_MAX_BYTES
+from ._client import detached
 from ._core import ChunkTask, EmbedJob, TransportChoice
 from ._protocol import ChunkResult, decode_reply
 from ._replicas import HEALTH_PATHS, PROBE_TIMEOUT_S, Replica
@@ -282,7 +283,10 @@ class AsyncClient(ClientBase):
             url = f"{replica.url}{path}"
             started, answered = time.perf_counter(), 0
             try:
-                reply = decode_reply(await replica.http.request(method, path, **kwargs))
+                async with replica.http.stream(method, path, **kwargs) as response:
+                    body = b"".join([part async for part in response.aiter_bytes()])
+                reply = decode_reply(detached(response, body))
+                del body
                 answered = cells
                 return reply
             except RETRYABLE_ERRORS as exc:

@@ -32,6 +32,19 @@ logger = logging.getLogger("scstrata_client")
 Layers = int | Sequence[int] | Literal["all"]
 
 
+def detached(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A reply holding ``body``, freed as soon as it is decoded.
+
+    httpx's own response is part of a reference cycle (its stream points back at it), which
+    only the garbage collector frees, later: a body it held (``read()``) outlived its use, and
+    a run's peak memory held about a dozen replies too many. So the body is read by iterating,
+    never stored on that response, and handed on in a plain one.
+    """
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=body, request=response.request
+    )
+
+
 class Client(ClientBase):
     """A client of an scstrata service (one URL, or several replicas of it).
 
@@ -398,7 +411,10 @@ class Client(ClientBase):
             url = f"{replica.url}{path}"
             started, answered = time.perf_counter(), 0
             try:
-                reply = decode_reply(replica.http.request(method, path, **kwargs))
+                with replica.http.stream(method, path, **kwargs) as response:
+                    body = b"".join(response.iter_bytes())
+                reply = decode_reply(detached(response, body))
+                del body
                 answered = cells
                 return reply
             except RETRYABLE_ERRORS as exc:

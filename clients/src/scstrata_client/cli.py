@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler",
         metavar="ADDRESS",
         help="a Dask scheduler (tcp://host:8786): its workers embed row chunks and write them "
-        "to the store; FILE must be readable at the same path on every worker",
+        "to the store; FILE must be readable at the same path on every worker. 'local:N' "
+        "starts N worker processes on this machine for the sweep",
     )
     dask.add_argument(
         "--in-process",

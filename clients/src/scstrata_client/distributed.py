@@ -96,7 +96,9 @@ def embed_on_dask(
     """Embed every cell of ``X`` on a Dask cluster into the store ``out``; return the store.
 
     Args:
-        scheduler: a ``distributed.Client``, or a scheduler address (``tcp://host:8786``).
+        scheduler: a ``distributed.Client``, a scheduler address (``tcp://host:8786``), or
+            ``"local"`` / ``"local:N"``: a cluster of this machine's processes (N workers),
+            started for this sweep and closed after it, to try a sweep on one machine.
         X: a path to a ``.h5ad`` or ``.zarr`` AnnData that every worker can read at the same
             path (each task reads its own rows), or counts in memory (an AnnData, a SciPy
             sparse matrix, a NumPy array; each task then carries its rows).
@@ -134,7 +136,8 @@ def embed_on_dask(
     rows, input_path = _open_input(X, genes, counts_layer, gene_column)
     gene_list, n_cells = rows.genes, rows.n_cells
     owns_client = not isinstance(scheduler, distributed.Client)
-    dask_client = distributed.Client(scheduler) if owns_client else scheduler
+    cluster = _local_cluster(scheduler) if owns_client else None
+    dask_client = distributed.Client(cluster or scheduler) if owns_client else scheduler
     try:
         if in_process is not None:
             card = ModelCard.model_validate(
@@ -185,6 +188,21 @@ def embed_on_dask(
     finally:
         if owns_client:
             dask_client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_cluster(scheduler: str) -> distributed.LocalCluster | None:
+    """A ``LocalCluster`` for ``"local"`` or ``"local:N"`` (N worker processes, one thread
+    each: a task keeps its own requests in flight); None for a scheduler's address."""
+    name, _, count = scheduler.partition(":")
+    if name != "local":
+        return None
+    if count and not (count.isdigit() and int(count) >= 1):
+        raise ValueError(f"scheduler: 'local:N' takes a number of workers N >= 1, got {count!r}")
+    return distributed.LocalCluster(
+        n_workers=int(count) if count else None, threads_per_worker=1, dashboard_address=None
+    )
 
 
 def _open_input(
