@@ -135,10 +135,17 @@ def test_a_body_shorter_than_its_content_length_gets_408(limited_url):
 
 
 def test_a_full_backlog_answers_503_with_retry_after(limited_url, vocabulary):
-    counts, genes = make_cells(vocabulary, n_cells=3, n_genes=100, seed=93)
+    """4 cells a request, 4 queued at most: while one is queued the backlog is full, new ones
+    get 503, and /readyz says not ready."""
+    counts, genes = make_cells(vocabulary, n_cells=4, n_genes=100, seed=93)
     body = {"items": [embed_item(counts, genes, layers="all")]}
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(lambda _: post(limited_url, body), range(32)))
+    ready: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(17) as pool:
+        replies = pool.map(lambda _: post(limited_url, body), range(32))
+        while len(ready) < 200 and 503 not in ready:
+            ready.append(httpx.get(f"{limited_url}/readyz", timeout=10).status_code)
+        replies = list(replies)
+    assert 503 in ready, ready
     statuses = [r.status_code for r in replies]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses and 503 in statuses, statuses
