@@ -36,7 +36,7 @@ sys.path.append(str(HERE))
 from common import synthetic_cells
 
 from scstrata_client.distributed import embed_on_dask
-from scstrata_service.families.scfoundation.backend import ScFoundationBackend
+from scstrata_service.families import scfoundation
 from scstrata_service.families.scfoundation.fabricate import fabricate_checkpoint
 from scstrata_service.launcher import running_service
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     checkpoint = fabricate_checkpoint(work / "ckpt", hidden=32, n_layers=2, n_heads=4)
-    backend = ScFoundationBackend.load("bench", checkpoint, device="cpu")
+    backend = scfoundation.load("bench", checkpoint, device="cpu")
     counts, genes = synthetic_cells(
         backend.tokenizer.vocabulary, args.cells, args.median, 100, 3 * args.median, seed=3
     )
