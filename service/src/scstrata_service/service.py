@@ -50,12 +50,15 @@ from scstrata_service.startup import (
     exit_with_parent,
     in_bentoml_worker,
 )
+from scstrata_service.traffic_timeout import cancel_request_timers
 from scstrata_service.workers import bentoml_resources, current_placement, place_this_worker
 
 log = logging.getLogger(__name__)
 
 # The next dispatch waits, ready, while the previous one computes (dispatch.py explains why)
 allow_overlapping_dispatches(SETTINGS.dispatches)
+# A request's timeout timer ends with its reply, not an hour later (traffic_timeout.py)
+cancel_request_timers()
 # A worker that cannot load its models stops the server, which then exits 1 (startup.py)
 arm_main_process()
 # A worker outlives neither the server's main process (startup.py) nor its own file limit:
