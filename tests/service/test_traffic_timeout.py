@@ -8,7 +8,8 @@ from bentoml._internal.server.http import traffic
 
 from scstrata_service.traffic_timeout import cancel_request_timers, wait_for_reply
 
-ORIGINAL = traffic.TimeoutMiddleware
+# BentoML's own class, also when the service module has installed the subclass already
+ORIGINAL = next(c for c in traffic.TimeoutMiddleware.__mro__ if c.__module__ == traffic.__name__)
 
 
 async def reply_ok(scope, receive, send):
