@@ -4,8 +4,9 @@ BentoML (1.4.40) enforces ``traffic.timeout`` with ``TimeoutMiddleware``: per re
 schedules a timer on the event loop for the full timeout and never cancels it, also when the
 reply was sent long before. The timer keeps a copy of the request's context variables (its
 OpenTelemetry span, BentoML's request context) until it fires, so with ``timeout: 3600`` every
-request held ~10 KiB for an hour: the server's memory grew by that much per request
-(bench/server_rss.py, bench/RESULTS.md), levelling off only after an hour's requests.
+request kept ~6 KiB of objects for an hour after its reply: the server grew ~13 KiB of RSS
+per request more than with this module (bench/server_rss.py, bench/RESULTS.md) and could
+level off only after an hour's requests.
 
 The call installed here keeps BentoML's behaviour (a 504 when no reply has started within the
 timeout, after which the request's task is cancelled) but waits with ``asyncio.wait``, which
