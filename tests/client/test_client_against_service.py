@@ -119,12 +119,15 @@ def test_injected_failures_on_the_way_to_the_real_service_lose_no_cell(
 
 
 def test_an_interrupted_sweep_resumes_from_the_cache(service_url, vocabulary, tmp_path):
-    counts, genes = make_cells(vocabulary, n_cells=30, seed=27)
+    # The cache keeps blocks of 256 cells whatever the chunk size, and writes a block once
+    # every chunk over it is back: 600 cells in chunks of 128 are chunks 0-4 over blocks
+    # 0-2 (cells 0-255, 256-511, 512-599). Call 4 fails, after chunks 0-1 at least are back.
+    counts, genes = make_cells(vocabulary, n_cells=600, seed=27)
     failing = RecordingTransport({4: httpx.ConnectError("injected: network down")})
     with (
         Client(
             service_url,
-            chunk_size=5,
+            chunk_size=128,
             max_retries=0,
             max_concurrency=1,
             cache_dir=tmp_path,
@@ -134,10 +137,12 @@ def test_an_interrupted_sweep_resumes_from_the_cache(service_url, vocabulary, tm
     ):
         list(client.sweep(counts, "scf", genes=genes))
     transport = RecordingTransport()
-    with Client(service_url, chunk_size=5, cache_dir=tmp_path, transport=transport) as client:
+    with Client(service_url, chunk_size=128, cache_dir=tmp_path, transport=transport) as client:
         resumed = client.embed(counts, genes, model="scf")
-    assert len(transport.embed_requests) == 6 - 3  # chunks 0-2 were cached before the failure
-    with Client(service_url, chunk_size=5, cache=False) as client:
+    # block 0 (chunks 0-1) was on disk; block 1 was not (it needs chunk 3, which failed or
+    # came after the failure): chunks 2-4 are sent again, not all five
+    assert len(transport.embed_requests) == 5 - 2
+    with Client(service_url, chunk_size=128, cache=False) as client:
         fresh = client.embed(counts, genes, model="scf")
     for k in range(4):
         np.testing.assert_array_equal(resumed[k], fresh[k])
